@@ -1,0 +1,534 @@
+/*
+ * Client connections: reading, line framing, replies, limits and timeouts.
+ *
+ * A connection waiting for its client costs no thread: its socket sits in
+ * the worker's epoll set (edge-triggered) and the pool thread that gets the
+ * next event serves it.  Ownership is a two-bit state (RUN, PEND) so that no
+ * lock is taken on the hot path and nobody ever waits for anybody.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "conn.h"
+#include "log.h"
+#include "scoreboard.h"
+#include "service.h"
+#include "util.h"
+#include "worker.h"
+
+#define ST_RUN		1u
+#define ST_PEND		2u
+
+#define READ_CHUNK	16384
+#define OUT_MIN_CAP	256
+#define OUT_KEEP_CAP	2048	/* larger output buffers are freed once flushed */
+#define DRAIN_LIMIT	65536	/* bytes read and dropped before a graceful close */
+
+static const char *const kill_line[] = {
+	[KILL_NONE] = NULL,
+	[KILL_SHUTDOWN] = "ERR server shutting down\r\n",
+	[KILL_RETIRE] = "ERR server reloaded: please reconnect\r\n",
+	[KILL_IDLE] = "ERR idle timeout\r\n",
+	[KILL_SEND_TIMEOUT] = NULL,
+	[KILL_OVERFLOW] = "ERR too slow: output queue full, disconnecting\r\n",
+};
+
+static const char *const kill_name[] = {
+	[KILL_NONE] = "client",
+	[KILL_SHUTDOWN] = "shutdown",
+	[KILL_RETIRE] = "reload",
+	[KILL_IDLE] = "idle timeout",
+	[KILL_SEND_TIMEOUT] = "send timeout",
+	[KILL_OVERFLOW] = "output queue full",
+};
+
+/* ---- output ---- */
+
+/* Append under out_lock; false when the queue would pass max_output. */
+static bool
+out_append(struct session *c, const void *buf, size_t n)
+{
+	size_t queued = c->out_len - c->out_off;
+
+	if (c->out_full || queued + n > (size_t)c->w->cfg->max_output) {
+		c->out_full = true;
+		return false;
+	}
+	if (c->out_len + n > c->out_cap) {
+		if (c->out_off > 0) {
+			memmove(c->out, c->out + c->out_off, queued);
+			c->out_len = queued;
+			c->out_off = 0;
+		}
+		if (c->out_len + n > c->out_cap) {
+			size_t cap = c->out_cap ? c->out_cap : OUT_MIN_CAP;
+			char *nb;
+
+			while (cap < c->out_len + n)
+				cap *= 2;
+			nb = realloc(c->out, cap);
+			if (nb == NULL) {
+				c->out_full = true;
+				return false;
+			}
+			c->out = nb;
+			c->out_cap = cap;
+		}
+	}
+	memcpy(c->out + c->out_len, buf, n);
+	c->out_len += n;
+	return true;
+}
+
+void
+session_send(struct session *c, const void *buf, size_t n)
+{
+	bool ok;
+
+	pthread_mutex_lock(&c->out_lock);
+	ok = !atomic_load_explicit(&c->open, memory_order_relaxed) || out_append(c, buf, n);
+	pthread_mutex_unlock(&c->out_lock);
+	if (!ok) {
+		int none = KILL_NONE;
+
+		atomic_compare_exchange_strong(&c->kill, &none, KILL_OVERFLOW);
+		atomic_fetch_or(&c->state, ST_PEND);
+	}
+}
+
+void
+session_reply(struct session *c, const char *fmt, ...)
+{
+	char buf[1024], *p = buf;
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, sizeof(buf) - 2, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof(buf) - 2) {
+		p = malloc((size_t)n + 3);
+		if (p == NULL)
+			return;
+		va_start(ap, fmt);
+		vsnprintf(p, (size_t)n + 1, fmt, ap);
+		va_end(ap);
+	}
+	p[n] = '\r';
+	p[n + 1] = '\n';
+	session_send(c, p, (size_t)n + 2);
+	if (p != buf)
+		free(p);
+}
+
+void
+session_wake(struct session *c)
+{
+	struct epoll_event ev;
+
+	/* re-arming an edge-triggered socket reports its readiness again, so a
+	 * pool thread picks the session up and flushes what was queued */
+	ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+	ev.data.ptr = c;
+	epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+void
+session_quit(struct session *c)
+{
+	session_send(c, "Bye\r\n", 5);
+	c->closing = true;
+}
+
+void *
+session_data(struct session *c)
+{
+	return c->data;
+}
+
+const void *
+session_conf(struct session *c)
+{
+	return c->svc_conf;
+}
+
+const struct fk_listener *
+session_listener(struct session *c)
+{
+	return c->l;
+}
+
+const char *
+session_peer(struct session *c)
+{
+	return c->peer;
+}
+
+/* Write what is queued: 0 done or would block, -1 the socket is dead. */
+static int
+flush(struct session *c)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&c->out_lock);
+	while (c->out_off < c->out_len) {
+		ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off,
+		    MSG_NOSIGNAL | MSG_DONTWAIT);
+
+		if (n > 0) {
+			c->out_off += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			if (atomic_load_explicit(&c->stalled_ms, memory_order_relaxed) == 0)
+				atomic_store_explicit(&c->stalled_ms, now_ms(),
+				    memory_order_relaxed);
+		} else {
+			rc = -1;
+		}
+		break;
+	}
+	if (c->out_off == c->out_len) {
+		c->out_off = c->out_len = 0;
+		atomic_store_explicit(&c->stalled_ms, 0, memory_order_relaxed);
+		if (c->out_cap > OUT_KEEP_CAP) {
+			free(c->out);
+			c->out = NULL;
+			c->out_cap = 0;
+		}
+	}
+	pthread_mutex_unlock(&c->out_lock);
+	return rc;
+}
+
+static bool
+out_pending(struct session *c)
+{
+	bool p;
+
+	pthread_mutex_lock(&c->out_lock);
+	p = c->out_off < c->out_len;
+	pthread_mutex_unlock(&c->out_lock);
+	return p;
+}
+
+/* ---- closing ---- */
+
+static void
+conn_close(struct session *c, enum conn_kill why)
+{
+	struct worker *w = c->w;
+	struct sb_slot *sb = w->sb;
+
+	if (c->svc->close != NULL)
+		c->svc->close(c);
+	pthread_mutex_lock(&c->out_lock);
+	atomic_store(&c->open, false);
+	free(c->out);
+	c->out = NULL;
+	c->out_len = c->out_off = c->out_cap = 0;
+	c->out_full = false;
+	pthread_mutex_unlock(&c->out_lock);
+
+	if (why != KILL_NONE && why != KILL_SEND_TIMEOUT) {
+		char drop[4096];
+		size_t dropped = 0;
+		ssize_t n;
+
+		/* give the last line a chance: half-close, then eat what the
+		 * client still sends so the close is not turned into a reset */
+		shutdown(c->fd, SHUT_WR);
+		while (dropped < DRAIN_LIMIT &&
+		    (n = recv(c->fd, drop, sizeof(drop), MSG_DONTWAIT)) > 0)
+			dropped += (size_t)n;
+	}
+	log_debug("%s: closed (%s)", c->peer, kill_name[why]);
+	framer_reset(&c->in);
+	free(c->data);
+	c->data = NULL;
+	close(c->fd);
+	c->fd = -1;
+	atomic_fetch_sub_explicit(&sb->conns, 1, memory_order_relaxed);
+	atomic_fetch_sub_explicit(&sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
+	atomic_fetch_sub(&w->nconns, 1);
+	worker_conn_closed(w);
+}
+
+/* The owner acts on a kill request: say why (when a line can say it), close. */
+static void
+conn_die(struct session *c, enum conn_kill why)
+{
+	const char *line = kill_line[why];
+
+	if (why == KILL_OVERFLOW) {
+		pthread_mutex_lock(&c->out_lock);
+		c->out_off = c->out_len = 0;	/* what it never read is lost anyway */
+		c->out_full = false;
+		pthread_mutex_unlock(&c->out_lock);
+	}
+	if (line != NULL) {
+		pthread_mutex_lock(&c->out_lock);
+		out_append(c, line, strlen(line));
+		pthread_mutex_unlock(&c->out_lock);
+		flush(c);
+	}
+	conn_close(c, why);
+}
+
+/* ---- input ---- */
+
+static int
+on_line(void *arg, char *line, size_t len)
+{
+	struct session *c = arg;
+
+	c->lines++;
+	if (line == NULL) {
+		session_reply(c, "ERR line too long (max %d bytes)", c->w->cfg->max_line);
+		return 0;
+	}
+	atomic_store_explicit(&c->last_line_ms, now_ms(), memory_order_relaxed);
+	if ((len == 4 && (strncasecmp(line, "quit", 4) == 0 ||
+	    strncasecmp(line, "exit", 4) == 0))) {
+		session_quit(c);
+		return -1;
+	}
+	c->svc->line(c, line, len);
+	if (c->closing || atomic_load_explicit(&c->kill, memory_order_relaxed) != KILL_NONE)
+		return -1;
+	return 0;
+}
+
+/* One round of work for the owner. */
+static void
+conn_work(struct session *c)
+{
+	char buf[READ_CHUNK];
+	int why;
+
+	if (!atomic_load(&c->open))
+		return;
+	if ((why = atomic_exchange(&c->kill, KILL_NONE)) != KILL_NONE) {
+		conn_die(c, why);
+		return;
+	}
+	if (flush(c) < 0) {
+		conn_close(c, KILL_NONE);
+		return;
+	}
+	/* a client that does not read its replies is not read from either:
+	 * TCP pushes back on it and its queue stays bounded */
+	if (!c->closing && !out_pending(c)) {
+		for (;;) {
+			ssize_t n = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
+
+			if (n > 0) {
+				c->lines = 0;
+				framer_feed(&c->in, buf, (size_t)n, on_line, c);
+				if (c->lines > 0)
+					atomic_fetch_add_explicit(&c->w->sb->requests, c->lines,
+					    memory_order_relaxed);
+				if (c->closing ||
+				    atomic_load_explicit(&c->kill, memory_order_relaxed))
+					break;
+				if (flush(c) < 0) {
+					conn_close(c, KILL_NONE);
+					return;
+				}
+				if ((size_t)n < sizeof(buf) || out_pending(c))
+					break;
+				continue;
+			}
+			if (n == 0) {
+				c->eof = true;
+				break;
+			}
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN && errno != EWOULDBLOCK) {
+				conn_close(c, KILL_NONE);
+				return;
+			}
+			break;
+		}
+	}
+	if ((why = atomic_exchange(&c->kill, KILL_NONE)) != KILL_NONE) {
+		conn_die(c, why);
+		return;
+	}
+	if (flush(c) < 0 || c->eof || (c->closing && !out_pending(c)))
+		conn_close(c, KILL_NONE);
+}
+
+/* Run as owner until nobody has news for the connection any more. */
+static void
+conn_run(struct session *c)
+{
+	for (;;) {
+		unsigned expect = ST_RUN;
+
+		atomic_fetch_and(&c->state, ~ST_PEND);
+		conn_work(c);
+		if (atomic_compare_exchange_strong(&c->state, &expect, 0))
+			return;
+	}
+}
+
+void
+conn_kick(struct session *c)
+{
+	if (atomic_fetch_or(&c->state, ST_RUN | ST_PEND) & ST_RUN)
+		return;		/* the owner will see PEND */
+	conn_run(c);
+}
+
+void
+conn_kill(struct session *c, enum conn_kill why)
+{
+	int none = KILL_NONE;
+
+	if (!atomic_load(&c->open))
+		return;
+	atomic_compare_exchange_strong(&c->kill, &none, (int)why);
+	conn_kick(c);
+}
+
+/* ---- opening ---- */
+
+static struct session *
+slot_for(struct worker *w, int fd)
+{
+	struct session *c;
+
+	if ((size_t)fd >= w->conns_cap)
+		return NULL;
+	c = w->conns[fd];
+	if (c == NULL) {
+		c = calloc(1, sizeof(*c));
+		if (c == NULL)
+			return NULL;
+		pthread_mutex_init(&c->out_lock, NULL);
+		c->fd = -1;
+		c->w = w;
+		w->conns[fd] = c;
+	}
+	return c;
+}
+
+void
+conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer)
+{
+	const struct fk_listener *l = &w->cfg->listeners[li];
+	struct session *c = slot_for(w, fd);
+	struct epoll_event ev;
+	unsigned expect;
+	uint64_t now = now_ms();
+
+	if (c == NULL) {
+		log_warnx("no room for connection on fd %d", fd);
+		close(fd);
+		return;
+	}
+	/* a pool thread may still hold this struct from the fd's last life */
+	for (;;) {
+		expect = 0;
+		if (atomic_compare_exchange_weak(&c->state, &expect, ST_RUN))
+			break;
+		sched_yield();
+	}
+	c->fd = fd;
+	c->l = l;
+	c->svc = l->service;
+	c->svc_idx = service_index(l->service);
+	c->svc_conf = w->cfg->service_conf[c->svc_idx];
+	c->idle_ms = (uint64_t)l->idle_timeout * 1000;
+	c->closing = c->eof = false;
+	c->out_full = false;
+	atomic_store(&c->kill, KILL_NONE);
+	atomic_store(&c->stalled_ms, 0);
+	atomic_store(&c->last_line_ms, now);
+	framer_init(&c->in, (size_t)w->cfg->max_line);
+	sockaddr_text(peer, c->peer, sizeof(c->peer));
+	c->data = NULL;
+	if (c->svc->session_size > 0 && (c->data = calloc(1, c->svc->session_size)) == NULL) {
+		log_warnx("%s: out of memory", c->peer);
+		close(fd);
+		c->fd = -1;
+		atomic_store(&c->state, 0);
+		return;
+	}
+	if (fd > atomic_load(&w->maxfd))
+		atomic_store(&w->maxfd, fd);
+	atomic_fetch_add(&w->nconns, 1);
+	atomic_fetch_add_explicit(&w->sb->conns, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&w->sb->served, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&w->sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&w->sb->svc_served[c->svc_idx], 1, memory_order_relaxed);
+	atomic_store(&c->open, true);
+	log_debug("%s: connected to %s", c->peer, c->svc->name);
+
+	if (l->banner != NULL)
+		session_reply(c, "%s", l->banner);
+	if (c->svc->open != NULL)
+		c->svc->open(c);
+
+	ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+	ev.data.ptr = c;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+		log_warn("%s: cannot watch the connection", c->peer);
+		conn_close(c, KILL_NONE);
+		atomic_store(&c->state, 0);
+		return;
+	}
+	/* send the greeting, then hand over as any owner does */
+	atomic_fetch_or(&c->state, ST_PEND);
+	conn_run(c);
+}
+
+/* ---- sweeping ---- */
+
+void
+conn_sweep(struct worker *w, uint64_t now)
+{
+	int fd, max = atomic_load(&w->maxfd);
+	uint64_t send_ms = (uint64_t)w->cfg->send_timeout * 1000;
+
+	for (fd = 0; fd <= max && (size_t)fd < w->conns_cap; fd++) {
+		struct session *c = w->conns[fd];
+		uint64_t stalled;
+
+		if (c == NULL || !atomic_load_explicit(&c->open, memory_order_relaxed))
+			continue;
+		stalled = atomic_load_explicit(&c->stalled_ms, memory_order_relaxed);
+		if (stalled != 0 && now - stalled >= send_ms)
+			conn_kill(c, KILL_SEND_TIMEOUT);
+		else if (now - atomic_load_explicit(&c->last_line_ms, memory_order_relaxed) >=
+		    c->idle_ms)
+			conn_kill(c, KILL_IDLE);
+	}
+}
+
+void
+conn_kill_all(struct worker *w, enum conn_kill why)
+{
+	int fd, max = atomic_load(&w->maxfd);
+
+	for (fd = 0; fd <= max && (size_t)fd < w->conns_cap; fd++) {
+		struct session *c = w->conns[fd];
+
+		if (c != NULL && atomic_load(&c->open))
+			conn_kill(c, why);
+	}
+}

@@ -1,0 +1,70 @@
+#ifndef FORKD_CONN_H
+#define FORKD_CONN_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "framing.h"
+
+struct worker;
+struct fk_listener;
+struct service;
+
+/* Why a connection is being closed by the server (not by its client). */
+enum conn_kill {
+	KILL_NONE = 0,
+	KILL_SHUTDOWN,		/* the daemon stops */
+	KILL_RETIRE,		/* a reload retired this worker and its grace ran out */
+	KILL_IDLE,		/* no complete line within idle_timeout */
+	KILL_SEND_TIMEOUT,	/* the client did not read its replies in time */
+	KILL_OVERFLOW,		/* more output queued than max_output */
+};
+
+/*
+ * A client connection.  Whoever holds RUN in `state` owns it (a pool thread
+ * that got its epoll event, the acceptor, the housekeeper, a chat publisher
+ * delivering to it); anyone else who has news for it sets PEND and leaves the
+ * work to the owner, which loops until PEND stays clear.
+ */
+struct session {
+	_Atomic unsigned	 state;
+	_Atomic bool		 open;
+	_Atomic int		 kill;
+	int			 fd;
+	struct worker		*w;
+	const struct fk_listener *l;
+	const struct service	*svc;
+	int			 svc_idx;
+	const void		*svc_conf;
+	void			*data;
+	uint64_t		 idle_ms;
+	struct framer		 in;
+	bool			 closing;	/* close once the output is flushed */
+	bool			 eof;
+	unsigned		 lines;		/* handled since the last count */
+
+	pthread_mutex_t		 out_lock;
+	char			*out;
+	size_t			 out_len, out_off, out_cap;
+	bool			 out_full;
+
+	_Atomic uint64_t	 last_line_ms;
+	_Atomic uint64_t	 stalled_ms;	/* output waiting since; 0 = none */
+	char			 peer[56];
+};
+
+/* acceptor: a new client on fd from listener index li */
+void	conn_open(struct worker *, int fd, int li, const struct sockaddr *peer);
+/* an epoll event, or news from another thread */
+void	conn_kick(struct session *);
+/* ask the owner to close it for this reason */
+void	conn_kill(struct session *, enum conn_kill);
+/* timeouts: once in a while from the worker's main thread */
+void	conn_sweep(struct worker *, uint64_t now);
+/* kill every open connection */
+void	conn_kill_all(struct worker *, enum conn_kill);
+
+#endif

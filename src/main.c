@@ -1,0 +1,114 @@
+/*
+ * forkd: parse the command line, load the configuration, hand over to the
+ * master (or check the file, or ask the running daemon to reload).
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "master.h"
+
+#ifndef SYSCONFDIR
+#define SYSCONFDIR "/etc"
+#endif
+#define DEFAULT_CONFIG SYSCONFDIR "/forkd/forkd.conf"
+
+enum { OPT_RELOAD = 256 };
+
+static const struct option long_options[] = {
+	{ "config",	required_argument, NULL, 'c' },
+	{ "test",	no_argument,	   NULL, 't' },
+	{ "version",	no_argument,	   NULL, 'V' },
+	{ "help",	no_argument,	   NULL, 'h' },
+	{ "reload",	no_argument,	   NULL, OPT_RELOAD },
+	{ NULL, 0, NULL, 0 }
+};
+
+static void
+usage(FILE *out)
+{
+	fprintf(out,
+	    "usage: forkd [-c FILE] [-t] [-V] [-h] [--reload]\n"
+	    "  -c, --config FILE  configuration file (default %s)\n"
+	    "  -t, --test         check the configuration and exit\n"
+	    "      --reload       ask the running forkd to reload and wait for the outcome\n"
+	    "  -V, --version      print the version and exit\n"
+	    "  -h, --help         print this help and exit\n", DEFAULT_CONFIG);
+}
+
+int
+main(int argc, char *argv[])
+{
+	const char *path = DEFAULT_CONFIG;
+	struct config_errors errs;
+	struct fk_config *cfg;
+	bool test = false, reload = false;
+	int ch, i;
+
+	opterr = 0;
+	while ((ch = getopt_long(argc, argv, ":c:tVh", long_options, NULL)) != -1) {
+		switch (ch) {
+		case 'c':
+			path = optarg;
+			break;
+		case 't':
+			test = true;
+			break;
+		case 'V':
+			printf("forkd %s\n", PACKAGE_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case OPT_RELOAD:
+			reload = true;
+			break;
+		case ':':
+			fprintf(stderr, "forkd: option '%s' needs a value\n", argv[optind - 1]);
+			usage(stderr);
+			return 2;
+		default:
+			if (optopt != 0)
+				fprintf(stderr, "forkd: unknown option '-%c'\n", optopt);
+			else
+				fprintf(stderr, "forkd: unknown option '%s'\n", argv[optind - 1]);
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "forkd: unexpected argument '%s'\n", argv[optind]);
+		usage(stderr);
+		return 2;
+	}
+	if (test && reload) {
+		fprintf(stderr, "forkd: --test and --reload do not go together\n");
+		return 2;
+	}
+
+	cfg = config_load(path, &errs);
+	if (cfg == NULL) {
+		for (i = 0; i < errs.count; i++)
+			fprintf(stderr, "%s\n", errs.msg[i]);
+		if (errs.dropped > 0)
+			fprintf(stderr, "%s: %d more errors not shown\n", path, errs.dropped);
+		return 1;
+	}
+	if (test) {
+		printf("%s: configuration OK\n", path);
+		config_free(cfg);
+		return 0;
+	}
+	if (reload) {
+		int rc = master_request_reload(cfg);
+
+		config_free(cfg);
+		return rc;
+	}
+	log_init();
+	log_set_level(cfg->log_level);
+	return master_run(cfg);
+}

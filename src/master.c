@@ -1,0 +1,1045 @@
+/*
+ * The master: opens the listeners, forks the workers and then only
+ * supervises.  Everything arrives through one epoll set (signals by
+ * signalfd, a tick by timerfd, workers' news by eventfd, reload requests on
+ * the control socket), so there are no asynchronous signal handlers at all.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "listener.h"
+#include "log.h"
+#include "master.h"
+#include "notify.h"
+#include "scoreboard.h"
+#include "service.h"
+#include "util.h"
+#include "worker.h"
+
+#define TICK_MS			250
+#define STATUS_EVERY_MS		1000
+#define FAST_DEATH_MS		2000	/* a death this soon after start counts as a crash loop */
+#define BACKOFF_FIRST_MS	100
+#define BACKOFF_MAX_MS		10000
+#define GIVE_UP_AFTER		5	/* workers in a row that die before they serve */
+#define RELOAD_START_MS		30000	/* a new generation must be up by then */
+#define MAX_CTL_CLIENTS		16
+#define CTL_TIMEOUT_MS		(RELOAD_START_MS + 15000)
+
+#define TAG_SIGNAL	1
+#define TAG_TIMER	2
+#define TAG_WAKE	3
+#define TAG_CTL		4
+#define TAG_CTL_CLIENT	5	/* + index << 8 */
+
+struct wk {
+	pid_t		 pid;
+	unsigned	 gen;
+	uint64_t	 started_ms;
+	bool		 ready;
+	bool		 retiring;	/* told to drain (SIGQUIT) or stop (SIGTERM) */
+	bool		 hung;		/* killed for a missed heartbeat */
+	bool		 recycle;	/* asked to be replaced */
+};
+
+struct generation {
+	struct fk_config *cfg;
+	int		*lfds;
+	unsigned	 id;
+};
+
+static struct {
+	struct generation cur;		/* serving */
+	struct generation next;		/* being started by a reload (cfg != NULL) */
+	uint64_t	 next_deadline;
+	struct lsock_set socks;
+	int		 target;
+	uid_t		 uid;
+	gid_t		 gid;
+
+	int		 epfd, sigfd, timerfd, wakefd, ctlfd;
+	char		 ctlpath[108];
+	int		 ctl_clients[MAX_CTL_CLIENTS];
+	bool		 ctl_waiting[MAX_CTL_CLIENTS];
+
+	struct wk	 wk[FK_MAX_SLOTS];
+	bool		 ready_sent;
+	bool		 stopping;
+	bool		 stop_now;
+	uint64_t	 stop_deadline;
+	bool		 reload_again;
+	bool		 giving_up;
+
+	int		 failed_starts;
+	uint64_t	 backoff_ms;
+	uint64_t	 backoff_until;
+	uint64_t	 last_status_ms;
+	uint64_t	 wd_interval_ms;
+	uint64_t	 wd_last_ms;
+	char		 note[300];	/* shown after the counts in STATUS= */
+} M;
+
+/* ---- helpers ---- */
+
+static int
+live_workers(unsigned gen, bool only_ready)
+{
+	int i, n = 0;
+
+	for (i = 0; i < FK_MAX_SLOTS; i++)
+		if (M.wk[i].pid > 0 && M.wk[i].gen == gen && !M.wk[i].retiring &&
+		    !M.wk[i].recycle && (!only_ready || M.wk[i].ready))
+			n++;
+	return n;
+}
+
+static int
+all_workers(void)
+{
+	int i, n = 0;
+
+	for (i = 0; i < FK_MAX_SLOTS; i++)
+		if (M.wk[i].pid > 0)
+			n++;
+	return n;
+}
+
+static void
+describe_status(int status, char *buf, size_t len)
+{
+	if (WIFEXITED(status))
+		snprintf(buf, len, "exited with status %d", WEXITSTATUS(status));
+	else if (WIFSIGNALED(status))
+		snprintf(buf, len, "was killed by signal %d (%s)%s", WTERMSIG(status),
+		    strsignal(WTERMSIG(status)), WCOREDUMP(status) ? ", core dumped" : "");
+	else
+		snprintf(buf, len, "ended with status 0x%x", status);
+}
+
+static void
+update_status(bool force)
+{
+	struct sb_totals t;
+	uint64_t now = now_ms();
+	char counts[160];
+
+	if (!force && now - M.last_status_ms < STATUS_EVERY_MS)
+		return;
+	M.last_status_ms = now;
+	scoreboard_totals(&t);
+	snprintf(counts, sizeof(counts), "%d workers, %ld clients, %llu served",
+	    live_workers(M.cur.id, true), t.conns, (unsigned long long)t.served);
+	if (M.stopping)
+		notify_status("stopping: %ld clients left", t.conns);
+	else if (M.note[0] != '\0')
+		notify_status("%s; %s", M.note, counts);
+	else
+		notify_status("%s", counts);
+}
+
+/* ---- workers ---- */
+
+static void
+close_inherited(const int *keep, size_t nkeep)
+{
+	size_t i, k;
+
+	for (i = 0; i < M.socks.n; i++) {
+		bool kept = false;
+
+		for (k = 0; k < nkeep && !kept; k++)
+			kept = keep[k] == M.socks.v[i].fd;
+		if (!kept)
+			close(M.socks.v[i].fd);
+	}
+	for (i = 0; i < MAX_CTL_CLIENTS; i++)
+		if (M.ctl_clients[i] >= 0)
+			close(M.ctl_clients[i]);
+	close(M.epfd);
+	close(M.sigfd);
+	close(M.timerfd);
+	if (M.ctlfd >= 0)
+		close(M.ctlfd);
+}
+
+static int
+spawn(struct generation *g)
+{
+	struct worker_args a;
+	int slot;
+	pid_t pid;
+
+	for (slot = 0; slot < FK_MAX_SLOTS; slot++)
+		if (M.wk[slot].pid == 0 &&
+		    atomic_load(&scoreboard->slot[slot].state) == SLOT_FREE)
+			break;
+	if (slot == FK_MAX_SLOTS) {
+		log_warnx("no free worker slot");
+		return -1;
+	}
+	atomic_store(&scoreboard->slot[slot].state, SLOT_STARTING);
+	atomic_store(&scoreboard->slot[slot].generation, g->id);
+	atomic_store(&scoreboard->slot[slot].started_ms, now_ms());
+	atomic_store(&scoreboard->slot[slot].heartbeat_ms, now_ms());
+	pid = fork();
+	if (pid < 0) {
+		log_warn("cannot fork a worker");
+		atomic_store(&scoreboard->slot[slot].state, SLOT_FREE);
+		return -1;
+	}
+	if (pid == 0) {
+		a.cfg = g->cfg;
+		a.lfds = g->lfds;
+		a.slot = slot;
+		a.generation = g->id;
+		a.master_wake = M.wakefd;
+		a.uid = M.uid;
+		a.gid = M.gid;
+		close_inherited(g->lfds, g->cfg->nlisteners);
+		atomic_store(&scoreboard->slot[slot].pid, getpid());
+		worker_run(&a);
+	}
+	atomic_store(&scoreboard->slot[slot].pid, pid);
+	memset(&M.wk[slot], 0, sizeof(M.wk[slot]));
+	M.wk[slot].pid = pid;
+	M.wk[slot].gen = g->id;
+	M.wk[slot].started_ms = now_ms();
+	log_debug("started worker %d (pid %ld, generation %u)", slot, (long)pid, g->id);
+	return slot;
+}
+
+static void
+retire(int slot, int sig)
+{
+	if (M.wk[slot].pid <= 0)
+		return;
+	M.wk[slot].retiring = true;
+	kill(M.wk[slot].pid, sig);
+}
+
+/* Keep the current generation at its target size. */
+static void
+ensure_workers(void)
+{
+	uint64_t now = now_ms();
+	int have, i;
+
+	if (M.stopping || M.giving_up)
+		return;
+	have = live_workers(M.cur.id, false);
+	while (have < M.target && now >= M.backoff_until) {
+		if (spawn(&M.cur) < 0)
+			break;
+		have++;
+	}
+	/* one fewer (SIGTTOU): the newest goes first */
+	while (have > M.target) {
+		int newest = -1;
+
+		for (i = 0; i < FK_MAX_SLOTS; i++)
+			if (M.wk[i].pid > 0 && M.wk[i].gen == M.cur.id && !M.wk[i].retiring &&
+			    !M.wk[i].recycle &&
+			    (newest < 0 || M.wk[i].started_ms > M.wk[newest].started_ms))
+				newest = i;
+		if (newest < 0)
+			break;
+		log_info("retiring worker %d (pid %ld): %d wanted", newest,
+		    (long)M.wk[newest].pid, M.target);
+		retire(newest, SIGQUIT);
+		have--;
+	}
+}
+
+/* ---- reload bookkeeping for the control socket ---- */
+
+static void
+ctl_answer(bool ok, const char *msg)
+{
+	char line[512];
+	int i, n;
+
+	n = snprintf(line, sizeof(line), "%s %s\n", ok ? "OK" : "ERR", msg);
+	for (i = 0; i < MAX_CTL_CLIENTS; i++) {
+		if (M.ctl_clients[i] < 0 || !M.ctl_waiting[i])
+			continue;
+		if (write(M.ctl_clients[i], line, (size_t)MIN(n, (int)sizeof(line) - 1)) < 0)
+			log_debug("control client went away");
+		close(M.ctl_clients[i]);
+		M.ctl_clients[i] = -1;
+		M.ctl_waiting[i] = false;
+	}
+}
+
+static void
+reload_failed(const char *why)
+{
+	log_err("reload failed: %s", why);
+	atomic_fetch_add(&scoreboard->reload_failures, 1);
+	snprintf(M.note, sizeof(M.note), "reload failed: %s", why);
+	update_status(true);
+	notify_ready();
+	ctl_answer(false, M.note);
+}
+
+static void
+abandon_next(void)
+{
+	int i;
+
+	for (i = 0; i < FK_MAX_SLOTS; i++)
+		if (M.wk[i].pid > 0 && M.wk[i].gen == M.next.id)
+			retire(i, SIGTERM);
+	free(M.next.lfds);
+	config_free(M.next.cfg);
+	M.next.cfg = NULL;
+	M.next.lfds = NULL;
+	lsock_prune(&M.socks, M.cur.cfg);
+}
+
+static int
+resolve_user(const struct fk_config *cfg, uid_t *uid, gid_t *gid, char *err, size_t errlen)
+{
+	struct passwd *pw;
+	struct group *gr;
+
+	*uid = (uid_t)-1;
+	*gid = (gid_t)-1;
+	if (geteuid() != 0)
+		return 0;
+	if (cfg->allow_root && (strcmp(cfg->user, "root") == 0 || cfg->user[0] == '\0'))
+		return 0;
+	if (cfg->user[0] == '\0' || strcmp(cfg->user, "root") == 0) {
+		snprintf(err, errlen, "%s: refusing to run workers as root: set 'user' to an "
+		    "unprivileged user, or set 'allow_root = true' if you really mean it",
+		    cfg->path);
+		return -1;
+	}
+	if ((pw = getpwnam(cfg->user)) == NULL) {
+		snprintf(err, errlen, "%s: user '%s' does not exist (create it, or set "
+		    "'user' to an existing unprivileged user)", cfg->path, cfg->user);
+		return -1;
+	}
+	*uid = pw->pw_uid;
+	*gid = pw->pw_gid;
+	if (cfg->group[0] != '\0') {
+		if ((gr = getgrnam(cfg->group)) == NULL) {
+			snprintf(err, errlen, "%s: group '%s' does not exist", cfg->path,
+			    cfg->group);
+			return -1;
+		}
+		*gid = gr->gr_gid;
+	}
+	if (*uid == 0 && !cfg->allow_root) {
+		snprintf(err, errlen, "%s: user '%s' is root: refusing to run workers as root "
+		    "unless 'allow_root = true'", cfg->path, cfg->user);
+		return -1;
+	}
+	return 0;
+}
+
+/* Services that share state between workers set it up before any fork. */
+static int
+services_master_init(const struct fk_config *cfg, char *err, size_t errlen)
+{
+	int i;
+
+	for (i = 0; services[i] != NULL; i++) {
+		if (services[i]->master_init == NULL || !service_used(cfg, i))
+			continue;
+		if (services[i]->master_init(cfg, cfg->service_conf[i]) != 0) {
+			snprintf(err, errlen, "cannot set up the %s service: %s",
+			    services[i]->name, strerror(errno));
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static void
+start_reload(void)
+{
+	struct config_errors errs;
+	struct fk_config *cfg;
+	char err[512];
+	uid_t uid;
+	gid_t gid;
+	int *lfds, i;
+
+	if (M.stopping)
+		return;
+	if (M.next.cfg != NULL) {
+		M.reload_again = true;	/* after the one under way */
+		return;
+	}
+	notify_reloading();
+	log_info("reloading %s", M.cur.cfg->path);
+	cfg = config_load(M.cur.cfg->path, &errs);
+	if (cfg == NULL) {
+		for (i = 1; i < errs.count; i++)
+			log_err("%s", errs.msg[i]);
+		reload_failed(errs.msg[0]);
+		return;
+	}
+	if (resolve_user(cfg, &uid, &gid, err, sizeof(err)) != 0 ||
+	    services_master_init(cfg, err, sizeof(err)) != 0) {
+		config_free(cfg);
+		reload_failed(err);
+		return;
+	}
+	lfds = calloc(cfg->nlisteners, sizeof(*lfds));
+	if (lfds == NULL || lsock_bind_config(&M.socks, cfg, lfds, err, sizeof(err)) != 0) {
+		if (lfds == NULL)
+			snprintf(err, sizeof(err), "out of memory");
+		free(lfds);
+		config_free(cfg);
+		reload_failed(err);
+		return;
+	}
+	M.uid = uid;
+	M.gid = gid;
+	M.next.cfg = cfg;
+	M.next.lfds = lfds;
+	M.next.id = M.cur.id + 1;
+	M.next_deadline = now_ms() + RELOAD_START_MS;
+	log_set_level(cfg->log_level);
+	for (i = 0; i < cfg->workers; i++)
+		if (spawn(&M.next) < 0)
+			break;
+}
+
+/* The new generation serves: retire the old one and swap. */
+static void
+finish_reload(void)
+{
+	int i;
+
+	for (i = 0; i < FK_MAX_SLOTS; i++)
+		if (M.wk[i].pid > 0 && M.wk[i].gen != M.next.id)
+			retire(i, SIGQUIT);
+	free(M.cur.lfds);
+	config_free(M.cur.cfg);
+	M.cur = M.next;
+	M.next.cfg = NULL;
+	M.next.lfds = NULL;
+	M.target = M.cur.cfg->workers;
+	lsock_prune(&M.socks, M.cur.cfg);
+	atomic_store(&scoreboard->generation, M.cur.id);
+	atomic_store(&scoreboard->workers, M.target);
+	atomic_store(&scoreboard->threads, M.cur.cfg->threads);
+	atomic_fetch_add(&scoreboard->reloads, 1);
+	snprintf(M.note, sizeof(M.note), "reloaded: generation %u, %d workers", M.cur.id,
+	    M.target);
+	log_info("%s", M.note);
+	notify_status("%s", M.note);
+	notify_ready();
+	ctl_answer(true, M.note);
+	M.last_status_ms = now_ms();
+	if (M.reload_again) {
+		M.reload_again = false;
+		start_reload();
+	}
+}
+
+/* ---- events ---- */
+
+/*
+ * Workers that served max_requests_per_worker are replaced one at a time:
+ * marking one makes ensure_workers() fork its successor, and once that one
+ * serves, the old one is retired gracefully.
+ */
+static void
+handle_recycles(void)
+{
+	int i, busy = -1;
+
+	for (i = 0; i < FK_MAX_SLOTS; i++)
+		if (M.wk[i].pid > 0 && M.wk[i].recycle && !M.wk[i].retiring)
+			busy = i;
+	if (busy < 0 && M.next.cfg == NULL && !M.stopping) {
+		for (i = 0; i < FK_MAX_SLOTS; i++) {
+			if (M.wk[i].pid > 0 && M.wk[i].ready && !M.wk[i].retiring &&
+			    atomic_load(&scoreboard->slot[i].want_recycle)) {
+				M.wk[i].recycle = true;
+				atomic_fetch_add(&scoreboard->recycled, 1);
+				log_info("replacing worker %d (pid %ld) after %llu connections", i,
+				    (long)M.wk[i].pid,
+				    (unsigned long long)atomic_load(&scoreboard->slot[i].served));
+				ensure_workers();
+				return;
+			}
+		}
+		return;
+	}
+	if (busy >= 0 && live_workers(M.cur.id, true) >= M.target)
+		retire(busy, SIGQUIT);
+}
+
+static void
+on_worker_news(void)
+{
+	uint64_t v;
+	int i;
+
+	if (read(M.wakefd, &v, sizeof(v)) < 0)
+		return;
+	for (i = 0; i < FK_MAX_SLOTS; i++) {
+		struct wk *w = &M.wk[i];
+		int st;
+
+		if (w->pid <= 0)
+			continue;
+		st = atomic_load(&scoreboard->slot[i].state);
+		if (st == SLOT_READY && !w->ready) {
+			w->ready = true;
+			M.failed_starts = 0;
+		}
+	}
+	handle_recycles();
+	if (M.next.cfg != NULL && live_workers(M.next.id, true) >= M.next.cfg->workers)
+		finish_reload();
+	if (!M.ready_sent && !M.stopping && live_workers(M.cur.id, true) >= M.target) {
+		M.ready_sent = true;
+		log_info("ready: %d workers × %d threads", M.target, M.cur.cfg->threads);
+		update_status(true);
+		notify_ready();
+	}
+}
+
+static void
+give_up(const char *why)
+{
+	int i;
+
+	log_err("giving up: %s", why);
+	notify_status("failed: %s", why);
+	M.giving_up = true;
+	M.stopping = true;
+	M.stop_deadline = now_ms() + 1000;
+	for (i = 0; i < FK_MAX_SLOTS; i++)
+		retire(i, SIGTERM);
+}
+
+static void
+reap(void)
+{
+	for (;;) {
+		char how[128];
+		int status, slot;
+		pid_t pid = waitpid(-1, &status, WNOHANG);
+		struct wk w;
+		uint64_t lived;
+
+		if (pid <= 0)
+			return;
+		for (slot = 0; slot < FK_MAX_SLOTS; slot++)
+			if (M.wk[slot].pid == pid)
+				break;
+		if (slot == FK_MAX_SLOTS)
+			continue;
+		w = M.wk[slot];
+		memset(&M.wk[slot], 0, sizeof(M.wk[slot]));
+		scoreboard_retire(slot);
+		lived = now_ms() - w.started_ms;
+		describe_status(status, how, sizeof(how));
+		if (w.retiring || M.stopping) {
+			log_debug("worker %d (pid %ld) %s", slot, (long)pid, how);
+			continue;
+		}
+		if (w.recycle) {
+			log_info("worker %d (pid %ld) replaced", slot, (long)pid);
+			continue;
+		}
+		atomic_fetch_add(&scoreboard->restarts, 1);
+		log_warnx("worker %d (pid %ld) %s after %llu ms%s", slot, (long)pid, how,
+		    (unsigned long long)lived, w.hung ? " (hung)" : "");
+		if (M.next.cfg != NULL && w.gen == M.next.id && !w.ready) {
+			snprintf(how, sizeof(how), "a worker of the new generation died "
+			    "while starting");
+			abandon_next();
+			reload_failed(how);
+			continue;
+		}
+		if (!w.ready && ++M.failed_starts >= GIVE_UP_AFTER) {
+			char why[256];
+
+			snprintf(why, sizeof(why), "%d workers in a row died before they could "
+			    "serve (the last one %s)", M.failed_starts, how);
+			give_up(why);
+			return;
+		}
+		if (lived < FAST_DEATH_MS) {
+			M.backoff_ms = M.backoff_ms ? MIN(M.backoff_ms * 2, BACKOFF_MAX_MS) :
+			    BACKOFF_FIRST_MS;
+			M.backoff_until = now_ms() + M.backoff_ms;
+			snprintf(M.note, sizeof(M.note), "workers dying at start: next in %llu ms",
+			    (unsigned long long)M.backoff_ms);
+			log_warnx("%s", M.note);
+			update_status(true);
+		} else {
+			M.backoff_ms = 0;
+			M.backoff_until = 0;
+		}
+	}
+}
+
+static void
+start_stop(bool now)
+{
+	int i;
+
+	if (!M.stopping) {
+		struct sb_totals t;
+
+		scoreboard_totals(&t);
+		M.stopping = true;
+		notify_stopping();
+		log_info("stopping: %d workers, %ld clients", all_workers(), t.conns);
+		update_status(true);
+		if (M.next.cfg != NULL)
+			ctl_answer(false, "the daemon is stopping");
+		/* the port is free as soon as the workers let go of it */
+		lsock_close_all(&M.socks);
+		M.stop_deadline = now_ms() + (uint64_t)M.cur.cfg->shutdown_timeout * 1000 + 500;
+		for (i = 0; i < FK_MAX_SLOTS; i++)
+			retire(i, SIGTERM);
+	}
+	if (now) {
+		M.stop_now = true;
+		for (i = 0; i < FK_MAX_SLOTS; i++)
+			if (M.wk[i].pid > 0)
+				kill(M.wk[i].pid, SIGKILL);
+	}
+}
+
+static void
+on_signal(void)
+{
+	struct signalfd_siginfo si;
+
+	while (read(M.sigfd, &si, sizeof(si)) == sizeof(si)) {
+		switch (si.ssi_signo) {
+		case SIGCHLD:
+			reap();
+			break;
+		case SIGINT:
+			start_stop(M.stopping);	/* a second one: now */
+			break;
+		case SIGTERM:
+			start_stop(false);
+			break;
+		case SIGHUP:
+			start_reload();
+			break;
+		case SIGTTIN:
+			if (M.target < FK_MAX_WORKERS && !M.stopping) {
+				M.target++;
+				atomic_store(&scoreboard->workers, M.target);
+				log_info("SIGTTIN: %d workers wanted", M.target);
+			}
+			break;
+		case SIGTTOU:
+			if (M.target > 1 && !M.stopping) {
+				M.target--;
+				atomic_store(&scoreboard->workers, M.target);
+				log_info("SIGTTOU: %d workers wanted", M.target);
+			}
+			break;
+		}
+	}
+}
+
+static bool
+workers_healthy(uint64_t now)
+{
+	int i;
+
+	if (live_workers(M.cur.id, true) < M.target)
+		return false;
+	for (i = 0; i < FK_MAX_SLOTS; i++) {
+		uint64_t hb;
+
+		if (M.wk[i].pid <= 0 || !M.wk[i].ready)
+			continue;
+		hb = atomic_load(&scoreboard->slot[i].heartbeat_ms);
+		if (now - hb > 5000)
+			return false;
+	}
+	return true;
+}
+
+static void
+check_heartbeats(uint64_t now)
+{
+	uint64_t limit;
+	int i;
+
+	if (M.cur.cfg->worker_timeout == 0)
+		return;
+	limit = (uint64_t)M.cur.cfg->worker_timeout * 1000;
+	for (i = 0; i < FK_MAX_SLOTS; i++) {
+		uint64_t hb;
+
+		if (M.wk[i].pid <= 0 || M.wk[i].hung)
+			continue;
+		hb = atomic_load(&scoreboard->slot[i].heartbeat_ms);
+		if (now > hb && now - hb > limit) {
+			log_warnx("worker %d (pid %ld) missed its heartbeat for %llu ms: killing it",
+			    i, (long)M.wk[i].pid, (unsigned long long)(now - hb));
+			M.wk[i].hung = true;
+			kill(M.wk[i].pid, SIGKILL);
+		}
+	}
+}
+
+static void
+on_tick(void)
+{
+	uint64_t v, now = now_ms();
+
+	if (read(M.timerfd, &v, sizeof(v)) < 0)
+		return;
+	if (M.stopping) {
+		if (now >= M.stop_deadline)
+			start_stop(true);
+		update_status(false);
+		return;
+	}
+	check_heartbeats(now);
+	handle_recycles();
+	if (M.next.cfg != NULL && now >= M.next_deadline) {
+		abandon_next();
+		reload_failed("the new generation did not start in time");
+	}
+	ensure_workers();
+	update_status(false);
+	if (M.wd_interval_ms > 0 && now - M.wd_last_ms >= M.wd_interval_ms &&
+	    workers_healthy(now)) {
+		notify_watchdog();
+		M.wd_last_ms = now;
+	}
+}
+
+/* ---- control socket ---- */
+
+const char *
+master_control_path(const struct fk_config *cfg, char *buf, size_t len)
+{
+	const char *rt = getenv("RUNTIME_DIRECTORY");
+
+	if (cfg->control_socket[0] != '\0')
+		snprintf(buf, len, "%s", cfg->control_socket);
+	else if (rt != NULL && rt[0] != '\0' && strchr(rt, ':') == NULL)
+		snprintf(buf, len, "%s/forkd.sock", rt);
+	else
+		buf[0] = '\0';
+	return buf;
+}
+
+static int
+ctl_open(void)
+{
+	struct sockaddr_un sun;
+	int fd, probe;
+
+	M.ctlfd = -1;
+	master_control_path(M.cur.cfg, M.ctlpath, sizeof(M.ctlpath));
+	if (M.ctlpath[0] == '\0')
+		return 0;
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if (strlen(M.ctlpath) >= sizeof(sun.sun_path)) {
+		log_err("control socket path too long: %s", M.ctlpath);
+		return -1;
+	}
+	strcpy(sun.sun_path, M.ctlpath);
+	/* a live forkd already answers there: do not steal its socket */
+	probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (probe >= 0 && connect(probe, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
+		close(probe);
+		log_err("another forkd is running (it answers on %s)", M.ctlpath);
+		return -1;
+	}
+	if (probe >= 0)
+		close(probe);
+	unlink(M.ctlpath);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0 ||
+	    chmod(M.ctlpath, 0600) != 0 || listen(fd, 8) != 0) {
+		log_warn("cannot open the control socket %s", M.ctlpath);
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	M.ctlfd = fd;
+	return 0;
+}
+
+static void
+on_ctl_accept(void)
+{
+	struct epoll_event ev;
+	int fd, i;
+
+	while ((fd = accept4(M.ctlfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0) {
+		for (i = 0; i < MAX_CTL_CLIENTS; i++)
+			if (M.ctl_clients[i] < 0)
+				break;
+		if (i == MAX_CTL_CLIENTS) {
+			if (write(fd, "ERR busy\n", 9) < 0)
+				log_debug("control client went away");
+			close(fd);
+			continue;
+		}
+		M.ctl_clients[i] = fd;
+		M.ctl_waiting[i] = false;
+		ev.events = EPOLLIN;
+		ev.data.u64 = TAG_CTL_CLIENT | ((uint64_t)i << 8);
+		epoll_ctl(M.epfd, EPOLL_CTL_ADD, fd, &ev);
+	}
+}
+
+static void
+on_ctl_client(int i)
+{
+	char buf[64];
+	ssize_t n;
+	int fd = M.ctl_clients[i];
+
+	n = read(fd, buf, sizeof(buf) - 1);
+	if (n < 0 && errno == EAGAIN)
+		return;
+	if (n <= 0 || M.ctl_waiting[i]) {
+		close(fd);	/* also leaves the epoll set */
+		M.ctl_clients[i] = -1;
+		M.ctl_waiting[i] = false;
+		return;
+	}
+	buf[n] = '\0';
+	if (strcmp(buf, "reload\n") == 0) {
+		M.ctl_waiting[i] = true;
+		start_reload();
+	} else {
+		if (write(fd, "ERR unknown request (try: reload)\n", 34) < 0)
+			log_debug("control client went away");
+		close(fd);
+		M.ctl_clients[i] = -1;
+	}
+}
+
+int
+master_request_reload(const struct fk_config *cfg)
+{
+	struct sockaddr_un sun;
+	struct pollfd pfd;
+	char path[108], reply[1024];
+	size_t got = 0;
+	int fd;
+
+	master_control_path(cfg, path, sizeof(path));
+	if (path[0] == '\0') {
+		fprintf(stderr, "forkd: no control socket: set 'control_socket' in %s "
+		    "(under systemd RuntimeDirectory= provides one)\n", cfg->path);
+		return 1;
+	}
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+		fprintf(stderr, "forkd: cannot reach the running forkd at %s: %s\n", path,
+		    strerror(errno));
+		return 1;
+	}
+	if (write_full(fd, "reload\n", 7) != 0) {
+		fprintf(stderr, "forkd: cannot send the reload request: %s\n", strerror(errno));
+		return 1;
+	}
+	pfd.fd = fd;
+	pfd.events = POLLIN;
+	while (got < sizeof(reply) - 1) {
+		ssize_t n;
+		int r = poll(&pfd, 1, CTL_TIMEOUT_MS);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			fprintf(stderr, "forkd: no answer to the reload request in %d s\n",
+			    CTL_TIMEOUT_MS / 1000);
+			return 1;
+		}
+		n = read(fd, reply + got, sizeof(reply) - 1 - got);
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+		if (memchr(reply, '\n', got) != NULL)
+			break;
+	}
+	close(fd);
+	reply[got] = '\0';
+	reply[strcspn(reply, "\n")] = '\0';
+	if (strncmp(reply, "OK ", 3) == 0) {
+		printf("%s\n", reply + 3);
+		return 0;
+	}
+	fprintf(stderr, "forkd: %s\n", strncmp(reply, "ERR ", 4) == 0 ? reply + 4 :
+	    got == 0 ? "the running forkd closed the connection without an answer" : reply);
+	return 1;
+}
+
+/* ---- main loop ---- */
+
+static int
+setup(struct fk_config *cfg)
+{
+	struct epoll_event ev;
+	struct itimerspec its;
+	sigset_t set;
+	char err[512];
+	int i;
+
+	memset(&M, 0, sizeof(M));
+	M.cur.cfg = cfg;
+	M.cur.id = 1;
+	M.target = cfg->workers;
+	M.ctlfd = -1;
+	for (i = 0; i < MAX_CTL_CLIENTS; i++)
+		M.ctl_clients[i] = -1;
+
+	if (resolve_user(cfg, &M.uid, &M.gid, err, sizeof(err)) != 0) {
+		log_err("%s", err);
+		return -1;
+	}
+	if (geteuid() == 0 && M.uid == (uid_t)-1)
+		log_warnx("workers run as root (allow_root = true)");
+	if (scoreboard_create() != 0) {
+		log_warn("cannot map the scoreboard");
+		return -1;
+	}
+	if (services_master_init(cfg, err, sizeof(err)) != 0) {
+		log_err("%s", err);
+		return -1;
+	}
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGTTIN);
+	sigaddset(&set, SIGTTOU);
+	sigaddset(&set, SIGQUIT);
+	sigaddset(&set, SIGPIPE);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	M.sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+	M.timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	M.wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	M.epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (M.sigfd < 0 || M.timerfd < 0 || M.wakefd < 0 || M.epfd < 0) {
+		log_warn("cannot set up the event loop");
+		return -1;
+	}
+	atomic_store(&scoreboard->generation, 1);
+	atomic_store(&scoreboard->workers, M.target);
+	atomic_store(&scoreboard->threads, cfg->threads);
+
+	if (lsock_adopt_systemd(&M.socks, err, sizeof(err)) < 0 ||
+	    lsock_check_unmatched(&M.socks, cfg, err, sizeof(err)) != 0) {
+		log_err("%s", err);
+		return -1;
+	}
+	M.cur.lfds = calloc(cfg->nlisteners, sizeof(*M.cur.lfds));
+	if (M.cur.lfds == NULL ||
+	    lsock_bind_config(&M.socks, cfg, M.cur.lfds, err, sizeof(err)) != 0) {
+		log_err("%s", M.cur.lfds == NULL ? "out of memory" : err);
+		return -1;
+	}
+	for (i = 0; i < (int)cfg->nlisteners; i++) {
+		char at[64];
+
+		log_info("listening on %s (%s)", sockaddr_text((struct sockaddr *)
+		    &cfg->listeners[i].addr, at, sizeof(at)), cfg->listeners[i].service->name);
+	}
+	if (ctl_open() != 0)
+		return -1;
+
+	its.it_interval.tv_sec = 0;
+	its.it_interval.tv_nsec = TICK_MS * 1000000L;
+	its.it_value = its.it_interval;
+	timerfd_settime(M.timerfd, 0, &its, NULL);
+	ev.events = EPOLLIN;
+	ev.data.u64 = TAG_SIGNAL;
+	epoll_ctl(M.epfd, EPOLL_CTL_ADD, M.sigfd, &ev);
+	ev.data.u64 = TAG_TIMER;
+	epoll_ctl(M.epfd, EPOLL_CTL_ADD, M.timerfd, &ev);
+	ev.data.u64 = TAG_WAKE;
+	epoll_ctl(M.epfd, EPOLL_CTL_ADD, M.wakefd, &ev);
+	if (M.ctlfd >= 0) {
+		ev.data.u64 = TAG_CTL;
+		epoll_ctl(M.epfd, EPOLL_CTL_ADD, M.ctlfd, &ev);
+	}
+	M.wd_interval_ms = notify_watchdog_interval() / 1000;
+	log_info("starting %d workers × %d threads (forkd %s)", M.target, cfg->threads,
+	    PACKAGE_VERSION);
+	return 0;
+}
+
+int
+master_run(struct fk_config *cfg)
+{
+	struct sb_totals t;
+
+	log_set_role("master");
+	if (setup(cfg) != 0) {
+		notify_status("failed to start");
+		return 1;
+	}
+	ensure_workers();
+	while (!M.stopping || all_workers() > 0) {
+		struct epoll_event ev[16];
+		int i, n = epoll_wait(M.epfd, ev, 16, -1);
+
+		if (n < 0 && errno != EINTR) {
+			log_warn("epoll_wait");
+			break;
+		}
+		for (i = 0; i < n; i++) {
+			uint64_t tag = ev[i].data.u64;
+
+			switch (tag & 0xff) {
+			case TAG_SIGNAL:	on_signal(); break;
+			case TAG_TIMER:		on_tick(); break;
+			case TAG_WAKE:		on_worker_news(); break;
+			case TAG_CTL:		on_ctl_accept(); break;
+			case TAG_CTL_CLIENT:	on_ctl_client((int)(tag >> 8)); break;
+			}
+		}
+		if (!M.stopping)
+			ensure_workers();
+	}
+	scoreboard_totals(&t);
+	if (M.ctlfd >= 0) {
+		close(M.ctlfd);
+		unlink(M.ctlpath);
+	}
+	log_info("stopped: %llu connections served, %llu requests",
+	    (unsigned long long)t.served, (unsigned long long)t.requests);
+	free(M.cur.lfds);
+	config_free(M.cur.cfg);
+	return M.giving_up ? 1 : 0;
+}

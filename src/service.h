@@ -1,0 +1,67 @@
+/*
+ * The one interface every line service implements.
+ *
+ * The connection layer (conn.c) owns the socket, the framing, the limits and
+ * the timeouts; a service sees one complete request line at a time, without
+ * its terminator, and answers through the session_* calls below.  A service
+ * never blocks: everything it sends is queued on the session and flushed by
+ * the connection layer.
+ */
+#ifndef FORKD_SERVICE_H
+#define FORKD_SERVICE_H
+
+#include <stddef.h>
+
+struct session;
+struct setting;
+struct fk_config;
+struct fk_listener;
+
+struct service {
+	const char	*name;
+	/* the service's own settings group in the config file (may be NULL) */
+	const struct setting *settings;
+	size_t		 conf_size;	/* size of the struct those settings fill */
+	size_t		 session_size;	/* per-session state, zeroed at connect */
+
+	/* in the master before workers are forked (again on reload); optional */
+	int		(*master_init)(const struct fk_config *, const void *conf);
+	/* once per worker process, after the config is loaded; optional */
+	int		(*worker_init)(const struct fk_config *, const void *conf, int slot);
+	/* a client connected (after the listener's banner); optional */
+	void		(*open)(struct session *);
+	/* one request line, terminator stripped, NUL-terminated at line[len] */
+	void		(*line)(struct session *, char *line, size_t len);
+	/* the session ends, for whatever reason; optional */
+	void		(*close)(struct session *);
+};
+
+/* Queue one reply line; "\r\n" is appended. */
+void		 session_reply(struct session *, const char *fmt, ...)
+		    __attribute__((format(printf, 2, 3)));
+/* Queue raw bytes (the caller provides any line ending). */
+void		 session_send(struct session *, const void *buf, size_t len);
+/*
+ * session_send/session_reply may be called from any thread for any open
+ * session (chat delivers to other members); a caller that is not running the
+ * session's own line handler must then call session_wake so it is sent.
+ */
+void		 session_wake(struct session *);
+/* Say "Bye" and close once the output is flushed. */
+void		 session_quit(struct session *);
+/* The session's private state (session_size bytes). */
+void		*session_data(struct session *);
+/* The service's own configuration struct (conf_size bytes) */
+const void	*session_conf(struct session *);
+const struct fk_listener *session_listener(struct session *);
+/* Remote address as text, e.g. "127.0.0.1:40312" */
+const char	*session_peer(struct session *);
+
+/* The registry: every service forkd knows, NULL-terminated. */
+extern const struct service *const services[];
+const struct service *service_find(const char *name);
+/* does any listener of cfg serve it? */
+int		 service_used(const struct fk_config *, int index);
+int		 service_index(const struct service *);
+
+#endif

@@ -1,0 +1,23 @@
+#ifndef FORKD_UTIL_H
+#define FORKD_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define nitems(a)	(sizeof(a) / sizeof((a)[0]))
+#define MIN(a, b)	((a) < (b) ? (a) : (b))
+#define MAX(a, b)	((a) > (b) ? (a) : (b))
+
+/* CLOCK_MONOTONIC in milliseconds */
+uint64_t	 now_ms(void);
+/* Edit distance, for "did you mean" hints; stops counting at limit+1. */
+size_t		 edit_distance(const char *a, const char *b, size_t limit);
+/* "1.2.3.4:80" / "[::1]:80" */
+const char	*sockaddr_text(const struct sockaddr *sa, char *buf, size_t len);
+/* write all of buf to a blocking or non-blocking fd, retrying on EINTR */
+int		 write_full(int fd, const void *buf, size_t len);
+/* Raise RLIMIT_NOFILE's soft limit to the hard one; returns the new soft limit */
+long		 raise_nofile_limit(void);
+
+#endif

@@ -1,0 +1,472 @@
+/*
+ * One worker process.  Its main thread waits on the listening sockets
+ * (EPOLLEXCLUSIVE, so one connection wakes one worker), accepts, and keeps
+ * house: timeouts, heartbeat, signals.  A bounded pool of threads serves the
+ * connections that have work; pool threads block every signal.
+ */
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "log.h"
+#include "scoreboard.h"
+#include "service.h"
+#include "util.h"
+#include "worker.h"
+
+#define POOL_STACK	(512 * 1024)
+#define POOL_EVENTS	8
+#define TICK_MS		250	/* housekeeping period */
+#define EMFILE_PAUSE_MS	100
+#define EMFILE_LOG_MS	10000
+#define ACCEPT_BATCH	64
+
+/* tags for the main loop's epoll data (listeners use their index) */
+#define TAG_SIGNAL	(-1)
+#define TAG_TIMER	(-2)
+#define TAG_WAKE	(-3)
+
+static struct worker W;
+
+static void
+wake_master(struct worker *w)
+{
+	uint64_t one = 1;
+
+	if (write(w->master_wake, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		log_warn("cannot wake the master");
+}
+
+static void *
+pool_main(void *arg)
+{
+	struct worker *w = arg;
+	struct epoll_event ev[POOL_EVENTS];
+
+	for (;;) {
+		int i, n = epoll_wait(w->epfd, ev, POOL_EVENTS, -1);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			log_warn("epoll_wait");
+			return NULL;
+		}
+		for (i = 0; i < n; i++) {
+			if (ev[i].data.ptr == NULL)
+				return NULL;	/* the stop eventfd */
+			conn_kick(ev[i].data.ptr);
+		}
+	}
+}
+
+static void
+listen_on(struct worker *w, bool on)
+{
+	size_t i;
+
+	if (on == w->listening || w->lfds == NULL)
+		return;
+	for (i = 0; i < w->cfg->nlisteners; i++) {
+		struct epoll_event ev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.u64 = i };
+
+		if (on) {
+			if (epoll_ctl(w->loopfd, EPOLL_CTL_ADD, w->lfds[i], &ev) != 0)
+				log_warn("cannot watch listener %zu", i);
+		} else {
+			epoll_ctl(w->loopfd, EPOLL_CTL_DEL, w->lfds[i], NULL);
+		}
+	}
+	w->listening = on;
+}
+
+/* Stop accepting for good: other workers and the master keep the sockets. */
+static void
+close_listeners(struct worker *w)
+{
+	size_t i;
+
+	listen_on(w, false);
+	if (w->lfds == NULL)
+		return;
+	for (i = 0; i < w->cfg->nlisteners; i++)
+		close(w->lfds[i]);
+	w->lfds = NULL;
+}
+
+/*
+ * A worker at its share of max_connections stops accepting so the others
+ * take the load, unless the daemon as a whole is full: then it accepts, to
+ * tell the client so instead of leaving it in the kernel's queue.
+ */
+static bool
+at_share(struct worker *w)
+{
+	return atomic_load(&w->nconns) >= w->share &&
+	    scoreboard_conns() < w->cfg->max_connections;
+}
+
+void
+worker_conn_closed(struct worker *w)
+{
+	uint64_t one = 1;
+
+	/* only the acceptor's pause cares; a spare wakeup is harmless */
+	if (w->paused && !w->draining &&
+	    write(w->wakefd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		log_warn("cannot wake the acceptor");
+}
+
+static void
+reject(int fd, struct worker *w, const char *line)
+{
+	atomic_fetch_add_explicit(&w->sb->rejected, 1, memory_order_relaxed);
+	if (send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+		log_debug("reject: %s", strerror(errno));
+	close(fd);
+}
+
+/*
+ * EPOLLEXCLUSIVE wakes the first idle worker in the socket's wait queue, so
+ * the same worker would take every connection of a quiet period.  Going to
+ * the back of the queue after taking some spreads them over the workers.
+ */
+static void
+requeue(struct worker *w, size_t li)
+{
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.u64 = li };
+
+	if (w->cfg->workers < 2 || !w->listening)
+		return;
+	epoll_ctl(w->loopfd, EPOLL_CTL_DEL, w->lfds[li], NULL);
+	if (epoll_ctl(w->loopfd, EPOLL_CTL_ADD, w->lfds[li], &ev) != 0)
+		log_warn("cannot watch listener %zu", li);
+}
+
+/* Accept what is waiting; true when a connection was taken. */
+static bool
+accept_batch(struct worker *w, size_t li)
+{
+	bool accepted = false;
+	int k;
+
+	for (k = 0; k < ACCEPT_BATCH; k++) {
+		struct sockaddr_storage ss;
+		socklen_t len = sizeof(ss);
+		int fd;
+
+		if (at_share(w)) {
+			w->paused = true;
+			listen_on(w, false);
+			return accepted;
+		}
+		fd = accept4(w->lfds[li], (struct sockaddr *)&ss, &len,
+		    SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			uint64_t now;
+
+			switch (errno) {
+			case EAGAIN:
+			case EINTR:
+			case ECONNABORTED:
+			case EPROTO:
+				return accepted;
+			case EMFILE:
+			case ENFILE:
+			case ENOBUFS:
+			case ENOMEM:
+				/* accepting again at once would only spin */
+				now = now_ms();
+				if (now - w->emfile_logged_ms >= EMFILE_LOG_MS ||
+				    w->emfile_logged_ms == 0) {
+					log_warn("cannot accept (pausing %d ms)", EMFILE_PAUSE_MS);
+					w->emfile_logged_ms = now;
+				}
+				w->paused = true;
+				w->resume_ms = now + EMFILE_PAUSE_MS;
+				listen_on(w, false);
+				return accepted;
+			default:
+				log_warn("accept");
+				return accepted;
+			}
+		}
+		if ((size_t)fd >= w->conns_cap) {
+			reject(fd, w, "ERR too many connections\r\n");
+			continue;
+		}
+		if (scoreboard_conns() >= w->cfg->max_connections) {
+			reject(fd, w, "ERR too many connections\r\n");
+			continue;
+		}
+		conn_open(w, fd, (int)li, (struct sockaddr *)&ss);
+		accepted = true;
+	}
+	return accepted;
+}
+
+static void
+accept_from(struct worker *w, size_t li)
+{
+	if (accept_batch(w, li))
+		requeue(w, li);
+}
+
+static void
+maybe_resume(struct worker *w, uint64_t now)
+{
+	if (!w->paused || w->draining)
+		return;
+	if (w->resume_ms != 0 && now < w->resume_ms)
+		return;
+	if (at_share(w))
+		return;
+	w->paused = false;
+	w->resume_ms = 0;
+	listen_on(w, true);
+}
+
+static void
+start_drain(struct worker *w, bool graceful)
+{
+	uint64_t now = now_ms();
+
+	if (!w->draining) {
+		w->draining = true;
+		close_listeners(w);
+		atomic_store(&w->sb->state, SLOT_DRAINING);
+		wake_master(w);
+		w->drain_deadline_ms = now + (uint64_t)w->cfg->shutdown_timeout * 1000;
+		log_debug("draining (%ld connections)", atomic_load(&w->nconns));
+	}
+	if (!graceful) {
+		w->stopping = true;
+		conn_kill_all(w, KILL_SHUTDOWN);
+	}
+}
+
+static void
+drop_privileges(const struct worker_args *a)
+{
+	if (getuid() != 0 && geteuid() != 0)
+		return;
+	if (a->uid == (uid_t)-1)
+		return;		/* allow_root: checked and logged by the master */
+	if (setgroups(1, &a->gid) != 0)
+		fatal("cannot drop supplementary groups: %s", strerror(errno));
+	if (setgid(a->gid) != 0)
+		fatal("cannot set group id %u: %s", (unsigned)a->gid, strerror(errno));
+	if (setuid(a->uid) != 0)
+		fatal("cannot set user id %u: %s", (unsigned)a->uid, strerror(errno));
+	if (setuid(0) == 0 || geteuid() == 0 || getegid() == 0)
+		fatal("privileges were not dropped");
+}
+
+static int
+setup(struct worker *w, const struct worker_args *a)
+{
+	struct epoll_event ev;
+	struct itimerspec its;
+	sigset_t all, mine;
+	pthread_attr_t attr;
+	size_t i;
+	int k;
+	long nofile;
+
+	memset(w, 0, sizeof(*w));
+	w->cfg = a->cfg;
+	w->lfds = a->lfds;
+	w->slot = a->slot;
+	w->sb = &scoreboard->slot[a->slot];
+	w->master = scoreboard->master_pid;
+	w->master_wake = a->master_wake;
+	w->share = (w->cfg->max_connections + w->cfg->workers - 1) / w->cfg->workers;
+	if (w->cfg->max_requests_per_worker > 0) {
+		unsigned jitter = (unsigned)w->cfg->max_requests_per_worker / 10 + 1;
+
+		w->recycle_at = (uint64_t)w->cfg->max_requests_per_worker +
+		    (uint64_t)((unsigned)getpid() * 2654435761u % jitter);
+	}
+
+	nofile = raise_nofile_limit();
+	w->conns_cap = nofile > 0 ? (size_t)nofile : 1024;
+	w->conns = calloc(w->conns_cap, sizeof(*w->conns));
+	if (w->conns == NULL)
+		return -1;
+
+	/* every thread made from here on inherits a full mask */
+	sigfillset(&all);
+	sigdelset(&all, SIGSEGV);
+	sigdelset(&all, SIGBUS);
+	sigdelset(&all, SIGFPE);
+	sigdelset(&all, SIGILL);
+	sigdelset(&all, SIGABRT);
+	pthread_sigmask(SIG_SETMASK, &all, NULL);
+	sigemptyset(&mine);
+	sigaddset(&mine, SIGTERM);
+	sigaddset(&mine, SIGINT);
+	sigaddset(&mine, SIGQUIT);
+	w->sigfd = signalfd(-1, &mine, SFD_CLOEXEC | SFD_NONBLOCK);
+	w->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	w->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	w->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	w->epfd = epoll_create1(EPOLL_CLOEXEC);
+	w->loopfd = epoll_create1(EPOLL_CLOEXEC);
+	if (w->sigfd < 0 || w->timerfd < 0 || w->wakefd < 0 || w->stopfd < 0 ||
+	    w->epfd < 0 || w->loopfd < 0)
+		return -1;
+
+	its.it_interval.tv_sec = 0;
+	its.it_interval.tv_nsec = TICK_MS * 1000000L;
+	its.it_value = its.it_interval;
+	timerfd_settime(w->timerfd, 0, &its, NULL);
+
+	ev.events = EPOLLIN;
+	ev.data.u64 = (uint64_t)TAG_SIGNAL;
+	epoll_ctl(w->loopfd, EPOLL_CTL_ADD, w->sigfd, &ev);
+	ev.data.u64 = (uint64_t)TAG_TIMER;
+	epoll_ctl(w->loopfd, EPOLL_CTL_ADD, w->timerfd, &ev);
+	ev.data.u64 = (uint64_t)TAG_WAKE;
+	epoll_ctl(w->loopfd, EPOLL_CTL_ADD, w->wakefd, &ev);
+	ev.events = EPOLLIN;	/* level: once written, it ends every pool thread */
+	ev.data.ptr = NULL;
+	epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->stopfd, &ev);
+
+	for (i = 0; services[i] != NULL; i++)
+		if (services[i]->worker_init != NULL && service_used(w->cfg, (int)i) &&
+		    services[i]->worker_init(w->cfg, w->cfg->service_conf[i], w->slot) != 0)
+			return -1;
+
+	w->threads = calloc((size_t)w->cfg->threads, sizeof(*w->threads));
+	if (w->threads == NULL)
+		return -1;
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, POOL_STACK);
+	for (k = 0; k < w->cfg->threads; k++) {
+		if (pthread_create(&w->threads[k], &attr, pool_main, w) != 0) {
+			pthread_attr_destroy(&attr);
+			return -1;
+		}
+		w->nthreads++;
+	}
+	pthread_attr_destroy(&attr);
+	listen_on(w, true);
+	return 0;
+}
+
+static void
+on_signal(struct worker *w)
+{
+	struct signalfd_siginfo si;
+
+	while (read(w->sigfd, &si, sizeof(si)) == sizeof(si)) {
+		switch (si.ssi_signo) {
+		case SIGQUIT:		/* retired by a reload or a recycle */
+			start_drain(w, true);
+			break;
+		case SIGTERM:
+		case SIGINT:
+			start_drain(w, false);
+			break;
+		}
+	}
+}
+
+static void
+on_tick(struct worker *w)
+{
+	uint64_t expirations, now = now_ms();
+
+	if (read(w->timerfd, &expirations, sizeof(expirations)) < 0)
+		return;
+	atomic_store(&w->sb->heartbeat_ms, now);
+	if (getppid() != w->master) {
+		log_warnx("the master (pid %ld) is gone: stopping", (long)w->master);
+		start_drain(w, false);
+	}
+	conn_sweep(w, now);
+	maybe_resume(w, now);
+	if (w->recycle_at != 0 && !w->draining &&
+	    atomic_load(&w->sb->served) >= w->recycle_at) {
+		/* the master starts a successor, then retires us gracefully */
+		w->recycle_at = 0;
+		log_info("served %llu connections: asking to be replaced",
+		    (unsigned long long)atomic_load(&w->sb->served));
+		atomic_store(&w->sb->want_recycle, 1);
+		wake_master(w);
+	}
+	if (w->draining && !w->stopping && now >= w->drain_deadline_ms) {
+		log_info("shutdown_timeout passed: closing %ld connections",
+		    atomic_load(&w->nconns));
+		w->stopping = true;
+		conn_kill_all(w, KILL_RETIRE);
+	}
+}
+
+void
+worker_run(const struct worker_args *a)
+{
+	struct worker *w = &W;
+	uint64_t one = 1;
+	int k;
+
+	log_set_role("worker %d", a->slot);
+	/* SIGTERM when the master dies, whatever the reason */
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	if (getppid() != scoreboard->master_pid)
+		_exit(1);
+	drop_privileges(a);
+	if (setup(w, a) != 0)
+		fatal("cannot start: %s", strerror(errno));
+
+	atomic_store(&w->sb->heartbeat_ms, now_ms());
+	atomic_store(&w->sb->state, SLOT_READY);
+	wake_master(w);
+	log_debug("ready: %d threads", w->nthreads);
+
+	while (!(w->draining && atomic_load(&w->nconns) == 0)) {
+		struct epoll_event ev[16];
+		int i, n = epoll_wait(w->loopfd, ev, 16, -1);
+
+		if (n < 0 && errno != EINTR)
+			fatal("epoll_wait: %s", strerror(errno));
+		for (i = 0; i < n; i++) {
+			int64_t tag = (int64_t)ev[i].data.u64;
+
+			if (tag == TAG_SIGNAL) {
+				on_signal(w);
+			} else if (tag == TAG_TIMER) {
+				on_tick(w);
+			} else if (tag == TAG_WAKE) {
+				uint64_t v;
+
+				if (read(w->wakefd, &v, sizeof(v)) < 0)
+					continue;
+				maybe_resume(w, now_ms());
+			} else if (w->listening) {
+				accept_from(w, (size_t)tag);
+			}
+		}
+	}
+
+	/* every connection is closed: end the pool and go */
+	if (write(w->stopfd, &one, sizeof(one)) < 0)
+		_exit(1);
+	for (k = 0; k < w->nthreads; k++)
+		pthread_join(w->threads[k], NULL);
+	log_debug("exiting: %llu connections served",
+	    (unsigned long long)atomic_load(&w->sb->served));
+	exit(0);
+}

@@ -1,0 +1,64 @@
+#ifndef FORKD_WORKER_H
+#define FORKD_WORKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "config.h"
+
+struct session;
+struct sb_slot;
+
+/* What the master hands to a worker it forks. */
+struct worker_args {
+	const struct fk_config	*cfg;
+	const int		*lfds;		/* cfg->listeners[i] -> listening fd */
+	int			 slot;
+	unsigned		 generation;
+	int			 master_wake;	/* eventfd: "look at the scoreboard" */
+	uid_t			 uid;		/* drop to these when root (-1: stay) */
+	gid_t			 gid;
+};
+
+/* One worker process (there is one of these per process). */
+struct worker {
+	const struct fk_config	*cfg;
+	const int		*lfds;
+	int			 slot;
+	struct sb_slot		*sb;
+	pid_t			 master;
+	int			 master_wake;
+
+	int			 epfd;		/* client connections, shared by the pool */
+	int			 stopfd;	/* eventfd that ends the pool threads */
+	int			 loopfd;	/* the main thread's: listeners, signals, timer */
+	int			 sigfd, timerfd, wakefd;
+	pthread_t		*threads;
+	int			 nthreads;
+
+	/* connection structs by fd; a struct is reused, never freed while running */
+	struct session		**conns;
+	size_t			 conns_cap;
+	_Atomic int		 maxfd;
+	_Atomic long		 nconns;
+	long			 share;		/* connections before it stops accepting */
+
+	bool			 listening;	/* listeners are in loopfd */
+	bool			 paused;	/* at its share, or out of descriptors */
+	uint64_t		 resume_ms;	/* when a pause for EMFILE ends */
+	uint64_t		 emfile_logged_ms;
+	bool			 draining;
+	bool			 stopping;
+	uint64_t		 drain_deadline_ms;
+	uint64_t		 recycle_at;	/* served count that asks for a replacement */
+};
+
+/* The child's whole life: never returns. */
+void	worker_run(const struct worker_args *) __attribute__((noreturn));
+/* A connection closed: the acceptor may want to resume. */
+void	worker_conn_closed(struct worker *);
+
+#endif
