@@ -1,0 +1,415 @@
+/*
+ * chat: rooms of clients.  A line from a member reaches every other member
+ * of its room as "[nick] text", whichever worker holds them: members of this
+ * worker directly, the others through the channel layer (chan.h).
+ */
+#include <ctype.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "chan.h"
+#include "config.h"
+#include "log.h"
+#include "service.h"
+
+#define NAME_MAX_LEN	32
+#define LIST_MAX	65536	/* bytes of a /who or /rooms reply */
+#define MESSAGE_MAX	60000	/* bytes of one chat line */
+#define ROOM_BUCKETS	256
+
+struct chat_conf {
+	char	*default_room;
+	int	 max_rooms;
+	int	 max_members;
+};
+
+static const struct setting chat_settings[] = {
+	{ "default_room", SET_STRING, offsetof(struct chat_conf, default_room), 0,
+	    NAME_MAX_LEN, 0, "lobby", NULL },
+	{ "max_rooms", SET_INT, offsetof(struct chat_conf, max_rooms), 1, 100000, 1000,
+	    NULL, NULL },
+	{ "max_members", SET_INT, offsetof(struct chat_conf, max_members), 1, 100000, 1000,
+	    NULL, NULL },
+	{ NULL, 0, 0, 0, 0, 0, NULL, NULL }
+};
+
+struct member {
+	struct session	*s;
+	struct member	*prev, *next;	/* in its local room */
+	struct lroom	*room;		/* NULL: in no room */
+	char		 nick[NAME_MAX_LEN + 1];
+};
+
+/* The members of a room that this worker holds. */
+struct lroom {
+	char		 name[NAME_MAX_LEN + 1];
+	struct member	*head;
+	struct lroom	*next;
+};
+
+static pthread_mutex_t	 rooms_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct lroom	*buckets[ROOM_BUCKETS];
+
+static unsigned
+hash(const char *s)
+{
+	unsigned h = 2166136261u;
+
+	while (*s)
+		h = (h ^ (unsigned char)*s++) * 16777619u;
+	return h % ROOM_BUCKETS;
+}
+
+/* rooms_lock held */
+static struct lroom *
+lroom_get(const char *name, bool create)
+{
+	struct lroom *r, **b = &buckets[hash(name)];
+
+	for (r = *b; r != NULL; r = r->next)
+		if (strcmp(r->name, name) == 0)
+			return r;
+	if (!create || (r = calloc(1, sizeof(*r))) == NULL)
+		return NULL;
+	snprintf(r->name, sizeof(r->name), "%s", name);
+	r->next = *b;
+	*b = r;
+	return r;
+}
+
+/* rooms_lock held; an empty room is freed */
+static void
+lroom_remove(struct member *m)
+{
+	struct lroom *r = m->room, **pp;
+
+	if (r == NULL)
+		return;
+	if (m->prev != NULL)
+		m->prev->next = m->next;
+	else
+		r->head = m->next;
+	if (m->next != NULL)
+		m->next->prev = m->prev;
+	m->prev = m->next = NULL;
+	m->room = NULL;
+	if (r->head != NULL)
+		return;
+	for (pp = &buckets[hash(r->name)]; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == r) {
+			*pp = r->next;
+			free(r);
+			return;
+		}
+	}
+}
+
+/* Hand a line to the local members of a room, except one. */
+static void
+deliver_local(const char *room, const char *line, size_t len, const struct member *except)
+{
+	struct lroom *r;
+	struct member *m;
+
+	pthread_mutex_lock(&rooms_lock);
+	r = lroom_get(room, false);
+	for (m = r != NULL ? r->head : NULL; m != NULL; m = m->next) {
+		if (m == except)
+			continue;
+		session_send(m->s, line, len);
+		session_wake(m->s);
+	}
+	pthread_mutex_unlock(&rooms_lock);
+}
+
+/* from the channel layer: lines published by other workers */
+static void
+deliver_remote(const char *room, const char *line, size_t len)
+{
+	deliver_local(room, line, len, NULL);
+}
+
+static void __attribute__((format(printf, 3, 4)))
+broadcast(struct member *from, const char *room, const char *fmt, ...)
+{
+	char line[NAME_MAX_LEN * 2 + 65536 + 16];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line) - 2, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n > sizeof(line) - 3)
+		n = (int)sizeof(line) - 3;
+	line[n++] = '\r';
+	line[n++] = '\n';
+	deliver_local(room, line, (size_t)n, from);
+	chan_publish(room, line, (size_t)n);
+}
+
+static bool
+valid_name(const char *s, size_t len)
+{
+	size_t i;
+
+	if (len == 0 || len > NAME_MAX_LEN)
+		return false;
+	for (i = 0; i < len; i++)
+		if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '-' && s[i] != '.')
+			return false;
+	return true;
+}
+
+static const char *
+join_error(int rc)
+{
+	switch (rc) {
+	case CHAN_TAKEN:	return "that nick is taken in that room";
+	case CHAN_ROOM_FULL:	return "that room is full";
+	case CHAN_TOO_MANY:	return "too many rooms";
+	default:		return "chat is full";
+	}
+}
+
+/* Enter a room: the shared member list first, then the local one. */
+static int
+enter(struct member *m, const char *room)
+{
+	struct lroom *r;
+	int rc = chan_join(room, m->nick);
+
+	if (rc != CHAN_OK)
+		return rc;
+	pthread_mutex_lock(&rooms_lock);
+	r = lroom_get(room, true);
+	if (r == NULL) {
+		pthread_mutex_unlock(&rooms_lock);
+		chan_leave(room, m->nick);
+		return CHAN_FULL;
+	}
+	m->room = r;
+	m->prev = NULL;
+	m->next = r->head;
+	if (r->head != NULL)
+		r->head->prev = m;
+	r->head = m;
+	pthread_mutex_unlock(&rooms_lock);
+	broadcast(m, room, "* %s joined %s", m->nick, room);
+	return CHAN_OK;
+}
+
+static void
+leave(struct member *m, const char *why)
+{
+	char room[NAME_MAX_LEN + 1];
+
+	if (m->room == NULL)
+		return;
+	snprintf(room, sizeof(room), "%s", m->room->name);
+	pthread_mutex_lock(&rooms_lock);
+	lroom_remove(m);
+	pthread_mutex_unlock(&rooms_lock);
+	chan_leave(room, m->nick);
+	broadcast(m, room, "* %s left %s%s", m->nick, room, why);
+}
+
+static void
+chat_open(struct session *s)
+{
+	const struct chat_conf *conf = session_conf(s);
+	struct member *m = session_data(s);
+	int rc;
+
+	m->s = s;
+	snprintf(m->nick, sizeof(m->nick), "guest%u", chan_next_guest());
+	rc = enter(m, conf->default_room);
+	if (rc != CHAN_OK) {
+		session_reply(s, "* welcome to forkd chat: you are %s, in no room (%s: %s)",
+		    m->nick, conf->default_room, join_error(rc));
+	} else {
+		session_reply(s, "* welcome to forkd chat: you are %s in room %s",
+		    m->nick, conf->default_room);
+	}
+	session_reply(s, "* commands: /nick NAME, /join ROOM, /who, /rooms, /quit");
+}
+
+static void
+chat_close(struct session *s)
+{
+	leave(session_data(s), "");
+}
+
+static void
+cmd_nick(struct session *s, struct member *m, const char *arg, size_t len)
+{
+	char old[NAME_MAX_LEN + 1];
+	int rc;
+
+	if (!valid_name(arg, len)) {
+		session_reply(s, "ERR bad nick: use 1-%d letters, digits, '_', '-' or '.'",
+		    NAME_MAX_LEN);
+		return;
+	}
+	if (strcmp(arg, m->nick) == 0) {
+		session_reply(s, "* you are already %s", m->nick);
+		return;
+	}
+	if (m->room != NULL) {
+		char room[NAME_MAX_LEN + 1];
+
+		snprintf(room, sizeof(room), "%s", m->room->name);
+		rc = chan_rename(room, m->nick, arg);
+		if (rc != CHAN_OK) {
+			session_reply(s, "ERR nick '%s' is taken in %s", arg, room);
+			return;
+		}
+		snprintf(old, sizeof(old), "%s", m->nick);
+		pthread_mutex_lock(&rooms_lock);
+		snprintf(m->nick, sizeof(m->nick), "%s", arg);
+		pthread_mutex_unlock(&rooms_lock);
+		broadcast(m, room, "* %s is now known as %s", old, m->nick);
+	} else {
+		snprintf(m->nick, sizeof(m->nick), "%s", arg);
+	}
+	session_reply(s, "* you are now %s", m->nick);
+}
+
+static void
+cmd_join(struct session *s, struct member *m, const char *arg, size_t len)
+{
+	char old[NAME_MAX_LEN + 1] = "";
+	int rc;
+
+	if (!valid_name(arg, len)) {
+		session_reply(s, "ERR bad room name: use 1-%d letters, digits, '_', '-' or '.'",
+		    NAME_MAX_LEN);
+		return;
+	}
+	if (m->room != NULL && strcmp(m->room->name, arg) == 0) {
+		session_reply(s, "* you are already in %s", arg);
+		return;
+	}
+	if (m->room != NULL)
+		snprintf(old, sizeof(old), "%s", m->room->name);
+	/* check the new room first, so a refused join leaves us where we were */
+	rc = chan_join(arg, m->nick);
+	if (rc != CHAN_OK) {
+		session_reply(s, "ERR cannot join %s: %s", arg, join_error(rc));
+		return;
+	}
+	chan_leave(arg, m->nick);
+	leave(m, "");
+	rc = enter(m, arg);
+	if (rc != CHAN_OK) {
+		session_reply(s, "ERR cannot join %s: %s", arg, join_error(rc));
+		if (old[0] != '\0' && enter(m, old) == CHAN_OK)
+			session_reply(s, "* you are back in %s", old);
+		return;
+	}
+	session_reply(s, "* you joined %s", arg);
+}
+
+static void
+chat_line(struct session *s, char *line, size_t len)
+{
+	struct member *m = session_data(s);
+	char *arg;
+	size_t clen, alen;
+
+	if (len == 0)
+		return;
+	if (line[0] != '/') {
+		if (m->room == NULL) {
+			session_reply(s, "ERR you are in no room: /join ROOM first");
+			return;
+		}
+		if (len > MESSAGE_MAX) {
+			session_reply(s, "ERR message too long (max %d bytes)", MESSAGE_MAX);
+			return;
+		}
+		broadcast(m, m->room->name, "[%s] %.*s", m->nick, (int)len, line);
+		return;
+	}
+	clen = strcspn(line, " \t");
+	arg = line + clen;
+	while (*arg == ' ' || *arg == '\t')
+		arg++;
+	alen = strlen(arg);
+	while (alen > 0 && (arg[alen - 1] == ' ' || arg[alen - 1] == '\t'))
+		arg[--alen] = '\0';
+
+	if (clen == 5 && strncasecmp(line, "/nick", 5) == 0) {
+		cmd_nick(s, m, arg, alen);
+	} else if (clen == 5 && strncasecmp(line, "/join", 5) == 0) {
+		cmd_join(s, m, arg, alen);
+	} else if (clen == 4 && strncasecmp(line, "/who", 4) == 0) {
+		char *buf;
+		int n;
+
+		if (m->room == NULL) {
+			session_reply(s, "ERR you are in no room: /join ROOM first");
+			return;
+		}
+		if ((buf = malloc(LIST_MAX)) == NULL)
+			return;
+		n = chan_who(m->room->name, buf, LIST_MAX);
+		session_reply(s, "* %s (%d): %s", m->room->name, n, buf);
+		free(buf);
+	} else if (clen == 6 && strncasecmp(line, "/rooms", 6) == 0) {
+		char *buf;
+		int n;
+
+		if ((buf = malloc(LIST_MAX)) == NULL)
+			return;
+		n = chan_rooms(buf, LIST_MAX);
+		session_reply(s, "* rooms (%d): %s", n, buf);
+		free(buf);
+	} else if (clen == 5 && strncasecmp(line, "/quit", 5) == 0) {
+		session_quit(s);
+	} else {
+		session_reply(s, "ERR unknown command '%.*s' (use /nick NAME, /join ROOM, "
+		    "/who, /rooms, /quit)", (int)(clen > 32 ? 32 : clen), line);
+	}
+}
+
+static int
+chat_master_init(const struct fk_config *cfg, const void *conf)
+{
+	(void)cfg;
+	(void)conf;
+	return chan_setup();
+}
+
+static int
+chat_worker_init(const struct fk_config *cfg, const void *vconf, int slot)
+{
+	const struct chat_conf *conf = vconf;
+	struct chan_limits lim = { conf->max_rooms, conf->max_members };
+
+	(void)cfg;
+	if (chan_start(slot, &lim, deliver_remote) != 0) {
+		log_warn("chat: cannot start the channel layer");
+		return -1;
+	}
+	return 0;
+}
+
+const struct service service_chat = {
+	.name = "chat",
+	.settings = chat_settings,
+	.conf_size = sizeof(struct chat_conf),
+	.session_size = sizeof(struct member),
+	.master_init = chat_master_init,
+	.worker_init = chat_worker_init,
+	.open = chat_open,
+	.line = chat_line,
+	.close = chat_close,
+};
