@@ -283,7 +283,7 @@ static const char *
 suggest(const char *name, const struct setting *table, const char *const *extra)
 {
 	const char *best = NULL;
-	size_t bestd = strlen(name) <= 4 ? 1 : 2, d;
+	size_t bestd = strlen(name) < 4 ? 1 : 2, d;
 
 	for (; table != NULL && table->name != NULL; table++) {
 		d = edit_distance(name, table->name, bestd);

@@ -516,8 +516,8 @@ on_worker_news(void)
 	if (!M.ready_sent && !M.stopping && live_workers(M.cur.id, true) >= M.target) {
 		M.ready_sent = true;
 		log_info("ready: %d workers × %d threads", M.target, M.cur.cfg->threads);
-		update_status(true);
 		notify_ready();
+		update_status(true);
 	}
 }
 

@@ -1,0 +1,207 @@
+/* Configuration: defaults, every kind of mistake reported as FILE:LINE. */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "config.h"
+#include "service.h"
+
+#define L_ECHO "listeners = ( { address = \"127.0.0.1\"; port = 5002; service = \"echo\"; } );\n"
+
+/* Load text; expect failure with `want` in one of the messages. */
+static void
+expect_error(const char *text, const char *want)
+{
+	struct config_errors errs;
+	struct fk_config *cfg = config_load_string("t.conf", text, &errs);
+	int i, found = 0;
+
+	CHECK(cfg == NULL, "expected an error containing \"%s\"", want);
+	config_free(cfg);
+	for (i = 0; i < errs.count; i++)
+		if (strstr(errs.msg[i], want) != NULL)
+			found = 1;
+	CHECK(found, "no message contains \"%s\" (first: \"%s\")", want,
+	    errs.count ? errs.msg[0] : "(none)");
+}
+
+static struct fk_config *
+expect_ok(const char *text)
+{
+	struct config_errors errs;
+	struct fk_config *cfg = config_load_string("t.conf", text, &errs);
+
+	CHECK(cfg != NULL, "expected OK, got \"%s\"", errs.count ? errs.msg[0] : "?");
+	return cfg;
+}
+
+static void
+write_file(const char *path, const void *data, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+	if (fd < 0 || write(fd, data, len) != (ssize_t)len)
+		abort();
+	close(fd);
+}
+
+static void
+expect_file_error(const char *path, const char *want)
+{
+	struct config_errors errs;
+	struct fk_config *cfg = config_load(path, &errs);
+
+	CHECK(cfg == NULL && errs.count == 1 && strstr(errs.msg[0], want) != NULL &&
+	    strncmp(errs.msg[0], path, strlen(path)) == 0,
+	    "%s: wanted \"%s\", got \"%s\"", path, want, errs.count ? errs.msg[0] : "(ok)");
+	config_free(cfg);
+}
+
+int
+main(void)
+{
+	struct fk_config *cfg;
+	char dir[] = "/tmp/forkd-test-XXXXXX", path[256];
+	char *big;
+
+	/* defaults */
+	cfg = expect_ok(L_ECHO);
+	if (cfg != NULL) {
+		CHECK(cfg->workers == 4, "workers %d", cfg->workers);
+		CHECK(cfg->threads == 8, "threads %d", cfg->threads);
+		CHECK(cfg->max_connections == 10000, "max_connections");
+		CHECK(cfg->max_connections_per_ip == 0, "max_connections_per_ip");
+		CHECK(cfg->backlog == 511, "backlog");
+		CHECK(cfg->idle_timeout == 300, "idle_timeout");
+		CHECK(cfg->max_line == 8192, "max_line");
+		CHECK(cfg->shutdown_timeout == 10, "shutdown_timeout");
+		CHECK(strcmp(cfg->user, "forkd") == 0, "user");
+		CHECK(strcmp(cfg->group, "forkd") == 0, "group");
+		CHECK(cfg->log_level == LOG_INFO, "log_level");
+		CHECK(cfg->nlisteners == 1 && cfg->listeners[0].port == 5002, "listener");
+		CHECK(cfg->listeners[0].service == service_find("echo"), "service");
+		CHECK(cfg->listeners[0].idle_timeout == 300, "listener idle_timeout inherits");
+		CHECK(strcmp(*(char **)cfg->service_conf[service_index(service_find("echo"))],
+		    "Echo: ") == 0, "echo.prefix default");
+		config_free(cfg);
+	}
+
+	/* values, overrides, workers = 0, IPv6 */
+	cfg = expect_ok("workers = 0; threads = 2; log_level = \"debug\"; idle_timeout = 60;\n"
+	    "listeners = ( { address = \"::\"; port = 6000; service = \"calc\"; idle_timeout = 5; "
+	    "banner = \"hi\"; },\n { address = \"0.0.0.0\"; port = 6000; service = \"echo\"; } );\n"
+	    "echo = { prefix = \"\"; };\n");
+	if (cfg != NULL) {
+		CHECK(cfg->workers >= 1, "workers = 0 means one per CPU (%d)", cfg->workers);
+		CHECK(cfg->log_level == LOG_DEBUG, "log_level debug");
+		CHECK(cfg->listeners[0].idle_timeout == 5, "per-listener idle_timeout");
+		CHECK(cfg->listeners[1].idle_timeout == 60, "global idle_timeout");
+		CHECK(strcmp(cfg->listeners[0].banner, "hi") == 0, "banner");
+		CHECK(cfg->listeners[0].addr.ss_family == AF_INET6, "IPv6 listener");
+		config_free(cfg);
+	}
+
+	/* every kind of mistake, with its line */
+	expect_error("workers = 4;\nwrokers = 3;\n" L_ECHO,
+	    "t.conf:2: unknown setting 'wrokers' (did you mean 'workers'?)");
+	expect_error("zzz = 1;\n" L_ECHO, "t.conf:1: unknown setting 'zzz'");
+	expect_error("workers = \"four\";\n" L_ECHO,
+	    "t.conf:1: 'workers' must be an integer (got a string)");
+	expect_error("workers = 1.5;\n" L_ECHO, "'workers' must be an integer (got a decimal number)");
+	expect_error("\n\nworkers = 65;\n" L_ECHO,
+	    "t.conf:3: 'workers' must be between 0 and 64 (got 65)");
+	expect_error("threads = 0;\n" L_ECHO, "'threads' must be between 1 and 1024 (got 0)");
+	expect_error("max_line = 10000000000;\n" L_ECHO, "'max_line' must be between");
+	expect_error("allow_root = 1;\n" L_ECHO, "'allow_root' must be true or false");
+	expect_error("log_level = \"loud\";\n" L_ECHO,
+	    "'log_level' must be one of error, warning, info, debug (got 'loud')");
+	expect_error("workers = 2;\nthreads = = 3;\n" L_ECHO, "t.conf:2: syntax error");
+	expect_error("workers = 2;\n", "t.conf: no 'listeners' defined");
+	expect_error("listeners = ();\n", "t.conf:1: 'listeners' is empty");
+	expect_error("listeners = 5;\n", "'listeners' must be a list");
+	expect_error("listeners = (\n { address = \"127.0.0.1\"; port = 1; service = \"ecco\"; } );\n",
+	    "t.conf:2: unknown service 'ecco' (did you mean 'echo'?");
+	expect_error("listeners = (\n { address = \"127.0.0.1\"; port = 1; service = \"http\"; } );\n",
+	    "unknown service 'http' (known: echo, calc, chat, stats)");
+	expect_error("listeners = (\n { address = \"127.0.0.1\"; port = 1; } );\n",
+	    "'service' is required");
+	expect_error("listeners = (\n { address = \"127.0.0.1\"; service = \"echo\"; } );\n",
+	    "'port' is required");
+	expect_error("listeners = (\n { port = 5; service = \"echo\"; } );\n",
+	    "'address' is required");
+	expect_error("listeners = (\n { address = \"127.0.0.1\"; port = 70000; service = \"echo\"; } );\n",
+	    "t.conf:2: 'port' must be between 1 and 65535 (got 70000)");
+	expect_error("listeners = (\n { address = \"localhost\"; port = 7; service = \"echo\"; } );\n",
+	    "'address' must be a numeric IPv4 or IPv6 address");
+	expect_error("listeners = (\n { address = \"127.0.0.1\"; port = 7; service = \"echo\"; prot = 1; } );\n",
+	    "t.conf:2: unknown setting 'prot' in listener 1 (did you mean 'port'?)");
+	expect_error("listeners = (\n { address = \"127.0.0.1\"; port = 7; service = \"echo\"; },\n"
+	    " { address = \"127.0.0.1\"; port = 7; service = \"calc\"; } );\n",
+	    "t.conf:3: duplicate listener 127.0.0.1:7 (first defined at line 2)");
+	expect_error("listeners = (\n { address = \"0.0.0.0\"; port = 7; service = \"echo\"; },\n"
+	    " { address = \"127.0.0.1\"; port = 7; service = \"calc\"; } );\n",
+	    "overlaps listener 0.0.0.0:7");
+	expect_error(L_ECHO "echo = { prefx = \"a\"; };\n",
+	    "t.conf:2: unknown setting 'prefx' in echo (did you mean 'prefix'?)");
+	expect_error(L_ECHO "echo = 3;\n", "'echo' must be a group");
+	expect_error(L_ECHO "calc = { a = 1; };\n", "the calc service has no settings");
+	expect_error(L_ECHO "chat = { max_rooms = 0; };\n", "'chat.max_rooms' must be between 1");
+	expect_error("listeners = (\n { address = \"127.0.0.1\"; port = 7; service = \"echo\"; "
+	    "banner = \"a\\nb\"; } );\n", "'banner' must not contain a line break");
+	/* several mistakes: all of them reported */
+	{
+		struct config_errors errs;
+
+		cfg = config_load_string("t.conf", "wrokers = 1;\nthreads = 0;\n", &errs);
+		CHECK(cfg == NULL && errs.count == 3, "three errors reported (%d)", errs.count);
+	}
+
+	/* files that are not configuration files */
+	if (mkdtemp(dir) == NULL)
+		abort();
+	snprintf(path, sizeof(path), "%s/missing.conf", dir);
+	expect_file_error(path, "cannot open: No such file or directory");
+	expect_file_error(dir, "is a directory");
+	snprintf(path, sizeof(path), "%s/empty.conf", dir);
+	write_file(path, "", 0);
+	expect_file_error(path, "no 'listeners' defined");
+	snprintf(path, sizeof(path), "%s/binary.conf", dir);
+	write_file(path, "\x7f" "ELF\x02\x01\x00\x00garbage", 16);
+	expect_file_error(path, "contains a NUL byte at offset 6");
+	snprintf(path, sizeof(path), "%s/junk.conf", dir);
+	write_file(path, "\xff\xfe\x01\x02 }}}{{{", 10);
+	expect_file_error(path, "junk.conf:1:");
+	snprintf(path, sizeof(path), "%s/huge.conf", dir);
+	big = malloc(FK_MAX_CONFIG_BYTES + 2);
+	memset(big, '#', FK_MAX_CONFIG_BYTES + 1);
+	write_file(path, big, FK_MAX_CONFIG_BYTES + 1);
+	free(big);
+	expect_file_error(path, "too large (1048577 bytes");
+	if (geteuid() != 0) {
+		snprintf(path, sizeof(path), "%s/secret.conf", dir);
+		write_file(path, L_ECHO, strlen(L_ECHO));
+		chmod(path, 0);
+		expect_file_error(path, "cannot open: Permission denied");
+	}
+	/* a good file, with an @include relative to its directory */
+	snprintf(path, sizeof(path), "%s/part.inc", dir);
+	write_file(path, "threads = 3;\n", 13);
+	snprintf(path, sizeof(path), "%s/good.conf", dir);
+	write_file(path, "@include \"part.inc\"\n" L_ECHO, strlen("@include \"part.inc\"\n" L_ECHO));
+	{
+		struct config_errors errs;
+
+		cfg = config_load(path, &errs);
+		CHECK(cfg != NULL && cfg->threads == 3, "include read (%s)",
+		    errs.count ? errs.msg[0] : "");
+		config_free(cfg);
+	}
+	snprintf(path, sizeof(path), "rm -rf '%s'", dir);
+	if (system(path) != 0)
+		return 1;
+	return check_done();
+}
