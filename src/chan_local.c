@@ -348,6 +348,7 @@ receiver(void *arg)
 	char cbuf[CMSG_SPACE(sizeof(struct ucred))];
 
 	(void)arg;
+	pthread_setname_np(pthread_self(), "forkd-chat");
 	for (;;) {
 		struct iovec iov = { buf, DGRAM_MAX };
 		struct msghdr mh = { 0 };

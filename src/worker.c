@@ -55,6 +55,7 @@ pool_main(void *arg)
 	struct worker *w = arg;
 	struct epoll_event ev[POOL_EVENTS];
 
+	pthread_setname_np(pthread_self(), "forkd-pool");
 	for (;;) {
 		int i, n = epoll_wait(w->epfd, ev, POOL_EVENTS, -1);
 

@@ -264,6 +264,14 @@ class Forkd:
             self.logf.close()
 
 
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                   "WARNING: ThreadSanitizer", "ERROR: ThreadSanitizer")
+
+
+def sanitizer_reports(text):
+    return [l for l in text.splitlines() if any(m in l for m in SANITIZER_MARKS)]
+
+
 @pytest.fixture
 def forkd_factory(tmp_path):
     made = []
@@ -277,8 +285,13 @@ def forkd_factory(tmp_path):
             d.start()
         return d
     yield make
+    reports = []
     for d in made:
         d.stop()
+        if d.proc:
+            reports += sanitizer_reports(d.log())
+    # a sanitizer report from any forkd process fails the test that caused it
+    assert not reports, "sanitizer reports:\n" + "\n".join(reports[:20])
 
 
 @pytest.fixture

@@ -8,8 +8,15 @@ import time
 from conftest import Client, alive, children, wait_until
 
 
-def threads_of(pid):
-    return len(os.listdir(f"/proc/{pid}/task"))
+def threads_of(pid, name=None):
+    tasks = os.listdir(f"/proc/{pid}/task")
+    if name is None:
+        return len(tasks)
+    n = 0
+    for t in tasks:
+        with open(f"/proc/{pid}/task/{t}/comm") as f:
+            n += f.read().strip() == name
+    return n
 
 
 def test_ready_then_status(forkd_factory):
@@ -35,9 +42,9 @@ def test_workers_and_threads_as_configured(forkd_factory):
     ws = d.workers()
     assert len(ws) == 3
     for w in ws:
-        # the main thread (acceptor + housekeeping) and the pool
-        assert threads_of(w) == 1 + 5
-    assert threads_of(d.pid) == 1  # the master only supervises
+        # a pool of exactly `threads`, named so `top -H` shows them
+        assert threads_of(w, "forkd-pool") == 5
+    assert threads_of(d.pid, "forkd-pool") == 0  # the master only supervises
 
 
 def test_many_clients_spread_over_workers(forkd_factory):
