@@ -7,6 +7,7 @@
  * lock is taken on the hot path and nobody ever waits for anybody.
  */
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 
 #include "config.h"
 #include "conn.h"
+#include "iplimit.h"
 #include "log.h"
 #include "scoreboard.h"
 #include "service.h"
@@ -260,10 +262,12 @@ conn_close(struct session *c, enum conn_kill why)
 	c->data = NULL;
 	close(c->fd);
 	c->fd = -1;
+	if (c->ip_counted)
+		iplimit_release(w->slot, (struct sockaddr *)&c->peer_addr);
+	c->ip_counted = false;
 	atomic_fetch_sub_explicit(&sb->conns, 1, memory_order_relaxed);
 	atomic_fetch_sub_explicit(&sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
 	atomic_fetch_sub(&w->nconns, 1);
-	worker_conn_closed(w);
 }
 
 /* The owner acts on a kill request: say why (when a line can say it), close. */
@@ -414,7 +418,7 @@ slot_for(struct worker *w, int fd)
 
 	if ((size_t)fd >= w->conns_cap)
 		return NULL;
-	c = w->conns[fd];
+	c = __atomic_load_n(&w->conns[fd], __ATOMIC_ACQUIRE);
 	if (c == NULL) {
 		c = calloc(1, sizeof(*c));
 		if (c == NULL)
@@ -422,13 +426,13 @@ slot_for(struct worker *w, int fd)
 		pthread_mutex_init(&c->out_lock, NULL);
 		c->fd = -1;
 		c->w = w;
-		w->conns[fd] = c;
+		__atomic_store_n(&w->conns[fd], c, __ATOMIC_RELEASE);
 	}
 	return c;
 }
 
 void
-conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer)
+conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer, bool ip_counted)
 {
 	const struct fk_listener *l = &w->cfg->listeners[li];
 	struct session *c = slot_for(w, fd);
@@ -438,6 +442,8 @@ conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer)
 
 	if (c == NULL) {
 		log_warnx("no room for connection on fd %d", fd);
+		if (ip_counted)
+			iplimit_release(w->slot, peer);
 		close(fd);
 		return;
 	}
@@ -453,7 +459,7 @@ conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer)
 	c->svc = l->service;
 	c->svc_idx = service_index(l->service);
 	c->svc_conf = w->cfg->service_conf[c->svc_idx];
-	c->idle_ms = (uint64_t)l->idle_timeout * 1000;
+	atomic_store(&c->idle_ms, (uint64_t)l->idle_timeout * 1000);
 	c->closing = c->eof = false;
 	c->out_full = false;
 	atomic_store(&c->kill, KILL_NONE);
@@ -461,9 +467,14 @@ conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer)
 	atomic_store(&c->last_line_ms, now);
 	framer_init(&c->in, (size_t)w->cfg->max_line);
 	sockaddr_text(peer, c->peer, sizeof(c->peer));
+	memcpy(&c->peer_addr, peer, peer->sa_family == AF_INET6 ?
+	    sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+	c->ip_counted = ip_counted;
 	c->data = NULL;
 	if (c->svc->session_size > 0 && (c->data = calloc(1, c->svc->session_size)) == NULL) {
 		log_warnx("%s: out of memory", c->peer);
+		if (ip_counted)
+			iplimit_release(w->slot, peer);
 		close(fd);
 		c->fd = -1;
 		atomic_store(&c->state, 0);
@@ -506,7 +517,7 @@ conn_sweep(struct worker *w, uint64_t now)
 	uint64_t send_ms = (uint64_t)w->cfg->send_timeout * 1000;
 
 	for (fd = 0; fd <= max && (size_t)fd < w->conns_cap; fd++) {
-		struct session *c = w->conns[fd];
+		struct session *c = __atomic_load_n(&w->conns[fd], __ATOMIC_ACQUIRE);
 		uint64_t stalled;
 
 		if (c == NULL || !atomic_load_explicit(&c->open, memory_order_relaxed))
@@ -515,7 +526,7 @@ conn_sweep(struct worker *w, uint64_t now)
 		if (stalled != 0 && now - stalled >= send_ms)
 			conn_kill(c, KILL_SEND_TIMEOUT);
 		else if (now - atomic_load_explicit(&c->last_line_ms, memory_order_relaxed) >=
-		    c->idle_ms)
+		    atomic_load_explicit(&c->idle_ms, memory_order_relaxed))
 			conn_kill(c, KILL_IDLE);
 	}
 }
@@ -526,7 +537,7 @@ conn_kill_all(struct worker *w, enum conn_kill why)
 	int fd, max = atomic_load(&w->maxfd);
 
 	for (fd = 0; fd <= max && (size_t)fd < w->conns_cap; fd++) {
-		struct session *c = w->conns[fd];
+		struct session *c = __atomic_load_n(&w->conns[fd], __ATOMIC_ACQUIRE);
 
 		if (c != NULL && atomic_load(&c->open))
 			conn_kill(c, why);

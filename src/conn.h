@@ -40,7 +40,7 @@ struct session {
 	int			 svc_idx;
 	const void		*svc_conf;
 	void			*data;
-	uint64_t		 idle_ms;
+	_Atomic uint64_t	 idle_ms;
 	struct framer		 in;
 	bool			 closing;	/* close once the output is flushed */
 	bool			 eof;
@@ -51,13 +51,17 @@ struct session {
 	size_t			 out_len, out_off, out_cap;
 	bool			 out_full;
 
+	struct sockaddr_storage	 peer_addr;
+	bool			 ip_counted;	/* holds a max_connections_per_ip slot */
+
 	_Atomic uint64_t	 last_line_ms;
 	_Atomic uint64_t	 stalled_ms;	/* output waiting since; 0 = none */
 	char			 peer[56];
 };
 
 /* acceptor: a new client on fd from listener index li */
-void	conn_open(struct worker *, int fd, int li, const struct sockaddr *peer);
+void	conn_open(struct worker *, int fd, int li, const struct sockaddr *peer,
+	    bool ip_counted);
 /* an epoll event, or news from another thread */
 void	conn_kick(struct session *);
 /* ask the owner to close it for this reason */

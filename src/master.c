@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "iplimit.h"
 #include "listener.h"
 #include "log.h"
 #include "master.h"
@@ -193,6 +194,7 @@ spawn(struct generation *g)
 		log_warnx("no free worker slot");
 		return -1;
 	}
+	atomic_fetch_add(&scoreboard->slot[slot].epoch, 1);
 	atomic_store(&scoreboard->slot[slot].state, SLOT_STARTING);
 	atomic_store(&scoreboard->slot[slot].generation, g->id);
 	atomic_store(&scoreboard->slot[slot].started_ms, now_ms());
@@ -929,6 +931,10 @@ setup(struct fk_config *cfg)
 		log_warnx("workers run as root (allow_root = true)");
 	if (scoreboard_create() != 0) {
 		log_warn("cannot map the scoreboard");
+		return -1;
+	}
+	if (iplimit_create() != 0) {
+		log_warn("cannot map the per-address table");
 		return -1;
 	}
 	if (services_master_init(cfg, err, sizeof(err)) != 0) {

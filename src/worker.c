@@ -1,11 +1,13 @@
 /*
- * One worker process.  Its main thread waits on the listening sockets
- * (EPOLLEXCLUSIVE, so one connection wakes one worker), accepts, and keeps
- * house: timeouts, heartbeat, signals.  A bounded pool of threads serves the
- * connections that have work; pool threads block every signal.
+ * One worker process.  An acceptor thread waits on the listening sockets
+ * (EPOLLEXCLUSIVE, so one connection wakes one worker) and accepts; the main
+ * thread keeps house: signals, timeouts, heartbeat.  A bounded pool of
+ * threads serves the connections that have work.  Every thread blocks every
+ * signal; the main thread reads them from a signalfd.
  */
 #include <errno.h>
 #include <grp.h>
+#include <poll.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -20,6 +22,7 @@
 #include <unistd.h>
 
 #include "conn.h"
+#include "iplimit.h"
 #include "log.h"
 #include "scoreboard.h"
 #include "service.h"
@@ -33,10 +36,12 @@
 #define EMFILE_LOG_MS	10000
 #define ACCEPT_BATCH	64
 
-/* tags for the main loop's epoll data (listeners use their index) */
-#define TAG_SIGNAL	(-1)
-#define TAG_TIMER	(-2)
-#define TAG_WAKE	(-3)
+#define SIT_OUT_MS	20	/* an acceptor that leaves the next client to others */
+
+/* tags for the main loop's epoll data */
+#define TAG_SIGNAL	1
+#define TAG_TIMER	2
+#define TAG_ACCWAKE	UINT64_MAX	/* in the acceptor's set; listeners use their index */
 
 static struct worker W;
 
@@ -73,40 +78,6 @@ pool_main(void *arg)
 	}
 }
 
-static void
-listen_on(struct worker *w, bool on)
-{
-	size_t i;
-
-	if (on == w->listening || w->lfds == NULL)
-		return;
-	for (i = 0; i < w->cfg->nlisteners; i++) {
-		struct epoll_event ev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.u64 = i };
-
-		if (on) {
-			if (epoll_ctl(w->loopfd, EPOLL_CTL_ADD, w->lfds[i], &ev) != 0)
-				log_warn("cannot watch listener %zu", i);
-		} else {
-			epoll_ctl(w->loopfd, EPOLL_CTL_DEL, w->lfds[i], NULL);
-		}
-	}
-	w->listening = on;
-}
-
-/* Stop accepting for good: other workers and the master keep the sockets. */
-static void
-close_listeners(struct worker *w)
-{
-	size_t i;
-
-	listen_on(w, false);
-	if (w->lfds == NULL)
-		return;
-	for (i = 0; i < w->cfg->nlisteners; i++)
-		close(w->lfds[i]);
-	w->lfds = NULL;
-}
-
 /*
  * A worker at its share of max_connections stops accepting so the others
  * take the load, unless the daemon as a whole is full: then it accepts, to
@@ -119,15 +90,32 @@ at_share(struct worker *w)
 	    scoreboard_conns() < w->cfg->max_connections;
 }
 
-void
-worker_conn_closed(struct worker *w)
+/*
+ * EPOLLEXCLUSIVE hands a new connection to the first worker in the socket's
+ * wait queue that is waiting, so one idle worker would take every client of a
+ * quiet period.  A worker holding more connections than the least busy one of
+ * its generation sits out; the least busy always waits, so nobody is left
+ * waiting for an acceptor.
+ */
+static bool
+least_busy(struct worker *w)
 {
-	uint64_t one = 1;
+	unsigned gen = atomic_load(&w->sb->generation);
+	long mine = atomic_load(&w->nconns), least = -1;
+	int i;
 
-	/* only the acceptor's pause cares; a spare wakeup is harmless */
-	if (w->paused && !w->draining &&
-	    write(w->wakefd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-		log_warn("cannot wake the acceptor");
+	for (i = 0; i < FK_MAX_SLOTS; i++) {
+		const struct sb_slot *o = &scoreboard->slot[i];
+		long n;
+
+		if (i == w->slot || atomic_load(&o->state) != SLOT_READY ||
+		    atomic_load(&o->generation) != gen)
+			continue;
+		n = atomic_load_explicit(&o->conns, memory_order_relaxed);
+		if (least < 0 || n < least)
+			least = n;
+	}
+	return least < 0 || mine <= least;
 }
 
 static void
@@ -137,23 +125,6 @@ reject(int fd, struct worker *w, const char *line)
 	if (send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
 		log_debug("reject: %s", strerror(errno));
 	close(fd);
-}
-
-/*
- * EPOLLEXCLUSIVE wakes the first idle worker in the socket's wait queue, so
- * the same worker would take every connection of a quiet period.  Going to
- * the back of the queue after taking some spreads them over the workers.
- */
-static void
-requeue(struct worker *w, size_t li)
-{
-	struct epoll_event ev = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.u64 = li };
-
-	if (w->cfg->workers < 2 || !w->listening)
-		return;
-	epoll_ctl(w->loopfd, EPOLL_CTL_DEL, w->lfds[li], NULL);
-	if (epoll_ctl(w->loopfd, EPOLL_CTL_ADD, w->lfds[li], &ev) != 0)
-		log_warn("cannot watch listener %zu", li);
 }
 
 /* Accept what is waiting; true when a connection was taken. */
@@ -168,11 +139,10 @@ accept_batch(struct worker *w, size_t li)
 		socklen_t len = sizeof(ss);
 		int fd;
 
-		if (at_share(w)) {
-			w->paused = true;
-			listen_on(w, false);
+		/* the kernel woke this worker for the first one: take it, or it
+		 * would wait for the next client's wakeup to reach someone */
+		if (k > 0 && (at_share(w) || !least_busy(w) || atomic_load(&w->accept_stop)))
 			return accepted;
-		}
 		fd = accept4(w->lfds[li], (struct sockaddr *)&ss, &len,
 		    SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
@@ -195,9 +165,7 @@ accept_batch(struct worker *w, size_t li)
 					log_warn("cannot accept (pausing %d ms)", EMFILE_PAUSE_MS);
 					w->emfile_logged_ms = now;
 				}
-				w->paused = true;
 				w->resume_ms = now + EMFILE_PAUSE_MS;
-				listen_on(w, false);
 				return accepted;
 			default:
 				log_warn("accept");
@@ -212,31 +180,63 @@ accept_batch(struct worker *w, size_t li)
 			reject(fd, w, "ERR too many connections\r\n");
 			continue;
 		}
-		conn_open(w, fd, (int)li, (struct sockaddr *)&ss);
+		if (w->cfg->max_connections_per_ip > 0 && !iplimit_acquire(w->slot,
+		    (struct sockaddr *)&ss, w->cfg->max_connections_per_ip)) {
+			reject(fd, w, "ERR too many connections\r\n");
+			continue;
+		}
+		conn_open(w, fd, (int)li, (struct sockaddr *)&ss,
+		    w->cfg->max_connections_per_ip > 0);
 		accepted = true;
 	}
 	return accepted;
 }
 
-static void
-accept_from(struct worker *w, size_t li)
+static void *
+acceptor_main(void *arg)
 {
-	if (accept_batch(w, li))
-		requeue(w, li);
+	struct worker *w = arg;
+	struct epoll_event ev[8];
+
+	pthread_setname_np(pthread_self(), "forkd-accept");
+	while (!atomic_load(&w->accept_stop)) {
+		uint64_t now = now_ms();
+		int i, n;
+
+		if (now < w->resume_ms || at_share(w) || !least_busy(w)) {
+			/* not waiting on the listeners: the kernel wakes another worker */
+			struct pollfd pfd = { .fd = w->accwake, .events = POLLIN };
+
+			poll(&pfd, 1, SIT_OUT_MS);
+			continue;
+		}
+		n = epoll_wait(w->accfd, ev, (int)nitems(ev), 1000);
+		for (i = 0; i < n; i++)
+			if (ev[i].data.u64 != TAG_ACCWAKE)
+				accept_batch(w, (size_t)ev[i].data.u64);
+	}
+	return NULL;
 }
 
+/* Stop accepting for good: other workers and the master keep the sockets. */
 static void
-maybe_resume(struct worker *w, uint64_t now)
+close_listeners(struct worker *w)
 {
-	if (!w->paused || w->draining)
+	uint64_t one = 1;
+	size_t i;
+
+	if (w->acceptor_running) {
+		atomic_store(&w->accept_stop, true);
+		if (write(w->accwake, &one, sizeof(one)) < 0)
+			log_warn("cannot stop the acceptor");
+		pthread_join(w->acceptor, NULL);
+		w->acceptor_running = false;
+	}
+	if (w->lfds == NULL)
 		return;
-	if (w->resume_ms != 0 && now < w->resume_ms)
-		return;
-	if (at_share(w))
-		return;
-	w->paused = false;
-	w->resume_ms = 0;
-	listen_on(w, true);
+	for (i = 0; i < w->cfg->nlisteners; i++)
+		close(w->lfds[i]);
+	w->lfds = NULL;
 }
 
 static void
@@ -321,12 +321,13 @@ setup(struct worker *w, const struct worker_args *a)
 	sigaddset(&mine, SIGQUIT);
 	w->sigfd = signalfd(-1, &mine, SFD_CLOEXEC | SFD_NONBLOCK);
 	w->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
-	w->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	w->accwake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	w->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	w->epfd = epoll_create1(EPOLL_CLOEXEC);
 	w->loopfd = epoll_create1(EPOLL_CLOEXEC);
-	if (w->sigfd < 0 || w->timerfd < 0 || w->wakefd < 0 || w->stopfd < 0 ||
-	    w->epfd < 0 || w->loopfd < 0)
+	w->accfd = epoll_create1(EPOLL_CLOEXEC);
+	if (w->sigfd < 0 || w->timerfd < 0 || w->accwake < 0 || w->stopfd < 0 ||
+	    w->epfd < 0 || w->loopfd < 0 || w->accfd < 0)
 		return -1;
 
 	its.it_interval.tv_sec = 0;
@@ -339,8 +340,14 @@ setup(struct worker *w, const struct worker_args *a)
 	epoll_ctl(w->loopfd, EPOLL_CTL_ADD, w->sigfd, &ev);
 	ev.data.u64 = (uint64_t)TAG_TIMER;
 	epoll_ctl(w->loopfd, EPOLL_CTL_ADD, w->timerfd, &ev);
-	ev.data.u64 = (uint64_t)TAG_WAKE;
-	epoll_ctl(w->loopfd, EPOLL_CTL_ADD, w->wakefd, &ev);
+	ev.data.u64 = TAG_ACCWAKE;
+	epoll_ctl(w->accfd, EPOLL_CTL_ADD, w->accwake, &ev);
+	for (i = 0; i < w->cfg->nlisteners; i++) {
+		ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+		ev.data.u64 = i;
+		if (epoll_ctl(w->accfd, EPOLL_CTL_ADD, w->lfds[i], &ev) != 0)
+			return -1;
+	}
 	ev.events = EPOLLIN;	/* level: once written, it ends every pool thread */
 	ev.data.ptr = NULL;
 	epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->stopfd, &ev);
@@ -362,8 +369,12 @@ setup(struct worker *w, const struct worker_args *a)
 		}
 		w->nthreads++;
 	}
+	if (pthread_create(&w->acceptor, &attr, acceptor_main, w) != 0) {
+		pthread_attr_destroy(&attr);
+		return -1;
+	}
+	w->acceptor_running = true;
 	pthread_attr_destroy(&attr);
-	listen_on(w, true);
 	return 0;
 }
 
@@ -398,7 +409,6 @@ on_tick(struct worker *w)
 		start_drain(w, false);
 	}
 	conn_sweep(w, now);
-	maybe_resume(w, now);
 	if (w->recycle_at != 0 && !w->draining &&
 	    atomic_load(&w->sb->served) >= w->recycle_at) {
 		/* the master starts a successor, then retires us gracefully */
@@ -444,21 +454,12 @@ worker_run(const struct worker_args *a)
 		if (n < 0 && errno != EINTR)
 			fatal("epoll_wait: %s", strerror(errno));
 		for (i = 0; i < n; i++) {
-			int64_t tag = (int64_t)ev[i].data.u64;
+			uint64_t tag = ev[i].data.u64;
 
-			if (tag == TAG_SIGNAL) {
+			if (tag == TAG_SIGNAL)
 				on_signal(w);
-			} else if (tag == TAG_TIMER) {
+			else if (tag == TAG_TIMER)
 				on_tick(w);
-			} else if (tag == TAG_WAKE) {
-				uint64_t v;
-
-				if (read(w->wakefd, &v, sizeof(v)) < 0)
-					continue;
-				maybe_resume(w, now_ms());
-			} else if (w->listening) {
-				accept_from(w, (size_t)tag);
-			}
 		}
 	}
 

@@ -34,21 +34,25 @@ struct worker {
 
 	int			 epfd;		/* client connections, shared by the pool */
 	int			 stopfd;	/* eventfd that ends the pool threads */
-	int			 loopfd;	/* the main thread's: listeners, signals, timer */
-	int			 sigfd, timerfd, wakefd;
+	int			 loopfd;	/* the main thread's: signals, timer */
+	int			 sigfd, timerfd;
+	int			 accfd;		/* the acceptor's: listeners + accwake */
+	int			 accwake;	/* eventfd: the acceptor must stop */
+	pthread_t		 acceptor;
+	bool			 acceptor_running;
+	_Atomic bool		 accept_stop;
 	pthread_t		*threads;
 	int			 nthreads;
 
-	/* connection structs by fd; a struct is reused, never freed while running */
+	/* connection structs by fd; a struct is reused, never freed while
+	 * running; entries are read and written with __atomic builtins */
 	struct session		**conns;
 	size_t			 conns_cap;
 	_Atomic int		 maxfd;
 	_Atomic long		 nconns;
 	long			 share;		/* connections before it stops accepting */
 
-	bool			 listening;	/* listeners are in loopfd */
-	bool			 paused;	/* at its share, or out of descriptors */
-	uint64_t		 resume_ms;	/* when a pause for EMFILE ends */
+	uint64_t		 resume_ms;	/* acceptor: when a pause for EMFILE ends */
 	uint64_t		 emfile_logged_ms;
 	bool			 draining;
 	bool			 stopping;
@@ -58,7 +62,5 @@ struct worker {
 
 /* The child's whole life: never returns. */
 void	worker_run(const struct worker_args *) __attribute__((noreturn));
-/* A connection closed: the acceptor may want to resume. */
-void	worker_conn_closed(struct worker *);
 
 #endif
