@@ -434,11 +434,12 @@ worker_run(const struct worker_args *a)
 	int k;
 
 	log_set_role("worker %d", a->slot);
-	/* SIGTERM when the master dies, whatever the reason */
+	drop_privileges(a);
+	/* SIGTERM when the master dies, whatever the reason; set after the
+	 * privileges changed, since a change of credentials clears it */
 	prctl(PR_SET_PDEATHSIG, SIGTERM);
 	if (getppid() != scoreboard->master_pid)
 		_exit(1);
-	drop_privileges(a);
 	if (setup(w, a) != 0)
 		fatal("cannot start: %s", strerror(errno));
 
