@@ -51,6 +51,9 @@ struct scoreboard {
 	_Atomic uint64_t	retired_requests;
 	_Atomic uint64_t	retired_rejected;
 	_Atomic uint64_t	retired_svc_served[FK_MAX_SERVICES];
+	/* acceptors that sit out wait on this futex; any accept bumps it */
+	_Atomic uint32_t	accept_seq;
+	_Atomic int		accept_waiters;
 	struct sb_slot		slot[FK_MAX_SLOTS];
 };
 

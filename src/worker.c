@@ -7,6 +7,8 @@
  */
 #include <errno.h>
 #include <grp.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
@@ -18,6 +20,7 @@
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
@@ -36,7 +39,7 @@
 #define EMFILE_LOG_MS	10000
 #define ACCEPT_BATCH	64
 
-#define SIT_OUT_MS	20	/* an acceptor that leaves the next client to others */
+#define SIT_OUT_MS	50	/* longest an acceptor sits out between checks */
 
 /* tags for the main loop's epoll data */
 #define TAG_SIGNAL	1
@@ -93,9 +96,9 @@ at_share(struct worker *w)
 /*
  * EPOLLEXCLUSIVE hands a new connection to the first worker in the socket's
  * wait queue that is waiting, so one idle worker would take every client of a
- * quiet period.  A worker holding more connections than the least busy one of
- * its generation sits out; the least busy always waits, so nobody is left
- * waiting for an acceptor.
+ * quiet period.  A worker holding clearly more connections than the least
+ * busy one of its generation sits out; the least busy never does, so there is
+ * always somebody waiting on the listeners.
  */
 static bool
 least_busy(struct worker *w)
@@ -115,7 +118,40 @@ least_busy(struct worker *w)
 		if (least < 0 || n < least)
 			least = n;
 	}
-	return least < 0 || mine <= least;
+	/* a little slack, so that workers do not trade every other client */
+	return least < 0 || mine <= least + 1 + least / 8;
+}
+
+/* Tell acceptors that sit out that the balance changed. */
+static void
+accept_news(void)
+{
+	atomic_fetch_add(&scoreboard->accept_seq, 1);
+	if (atomic_load(&scoreboard->accept_waiters) > 0)
+		syscall(SYS_futex, &scoreboard->accept_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Wait until another worker accepts, or a while. */
+static void
+sit_out(struct worker *w, uint64_t now)
+{
+	uint32_t seen = atomic_load(&scoreboard->accept_seq);
+	uint64_t ms = SIT_OUT_MS;
+	struct timespec ts;
+
+	if (w->resume_ms > now && w->resume_ms - now < ms)
+		ms = w->resume_ms - now;
+	ts.tv_sec = 0;
+	ts.tv_nsec = (long)ms * 1000000L;
+	atomic_fetch_add(&scoreboard->accept_waiters, 1);
+	/* checked again after announcing ourselves: no wakeup can be missed */
+	if (atomic_load(&w->accept_stop) || (now >= w->resume_ms && !at_share(w) &&
+	    least_busy(w))) {
+		atomic_fetch_sub(&scoreboard->accept_waiters, 1);
+		return;
+	}
+	syscall(SYS_futex, &scoreboard->accept_seq, FUTEX_WAIT, seen, &ts, NULL, 0);
+	atomic_fetch_sub(&scoreboard->accept_waiters, 1);
 }
 
 static void
@@ -205,15 +241,13 @@ acceptor_main(void *arg)
 
 		if (now < w->resume_ms || at_share(w) || !least_busy(w)) {
 			/* not waiting on the listeners: the kernel wakes another worker */
-			struct pollfd pfd = { .fd = w->accwake, .events = POLLIN };
-
-			poll(&pfd, 1, SIT_OUT_MS);
+			sit_out(w, now);
 			continue;
 		}
 		n = epoll_wait(w->accfd, ev, (int)nitems(ev), 1000);
 		for (i = 0; i < n; i++)
-			if (ev[i].data.u64 != TAG_ACCWAKE)
-				accept_batch(w, (size_t)ev[i].data.u64);
+			if (ev[i].data.u64 != TAG_ACCWAKE && accept_batch(w, (size_t)ev[i].data.u64))
+				accept_news();
 	}
 	return NULL;
 }
@@ -227,6 +261,7 @@ close_listeners(struct worker *w)
 
 	if (w->acceptor_running) {
 		atomic_store(&w->accept_stop, true);
+		accept_news();
 		if (write(w->accwake, &one, sizeof(one)) < 0)
 			log_warn("cannot stop the acceptor");
 		pthread_join(w->acceptor, NULL);
