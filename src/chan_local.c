@@ -1,13 +1,16 @@
 /*
  * The channel layer between the workers of one host.
  *
- * Lines travel as datagrams between per-worker unix sockets in the abstract
- * namespace (named after the master's pid and the worker's slot); the kernel
- * keeps each sender's lines in order and bounds every queue.  A datagram is
- * only taken from a process that is one of our workers (SCM_CREDENTIALS).
- * The member list lives in shared memory made by the master, under a robust
- * process-shared mutex, so a worker that dies holding it cannot wedge the
- * others; entries of dead workers are swept out as they are met.
+ * Everything lives in shared memory made by the master before any fork, so
+ * only forkd's own processes can reach it.  Each worker slot has an inbound
+ * ring of lines: a publisher appends under the ring's lock and wakes the
+ * receiver through a futex on the ring; the receiver, a thread of the worker,
+ * takes everything queued and hands it to the service.  Lines from one sender
+ * stay in order; a ring that is full (its worker cannot keep up) drops lines
+ * and says so, it never blocks the sender.  The member list is a table under
+ * its own lock.  Every lock is a robust process-shared mutex, so a worker
+ * that dies holding one cannot wedge the others, and entries of dead workers
+ * are swept out as they are met.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -17,9 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
-#include <sys/un.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "chan.h"
@@ -30,7 +33,8 @@
 #define NAME_MAX_LEN	32
 #define PRESENCE_CAP	65536
 #define ROOMS_CAP	100000
-#define DGRAM_MAX	(64 * 1024)
+#define LINE_MAX_LEN	(64 * 1024)
+#define RING_BYTES	(512 * 1024)	/* per worker slot; a power of two */
 
 struct presence {
 	int32_t		slot;		/* -1: free */
@@ -44,6 +48,15 @@ struct room_entry {
 	char		name[NAME_MAX_LEN + 1];
 };
 
+/* lines waiting for one worker: records of [u32 len][u8 room len][room][line] */
+struct ring {
+	pthread_mutex_t	 lock;
+	_Atomic uint32_t seq;		/* futex word: bumped on every append */
+	uint64_t	 head, tail;	/* bytes written, bytes taken */
+	uint64_t	 dropped;
+	char		 data[RING_BYTES];
+};
+
 struct chan_shm {
 	pthread_mutex_t	 lock;
 	_Atomic unsigned guest;
@@ -51,10 +64,11 @@ struct chan_shm {
 	uint32_t	 rooms_hw;
 	struct presence	 presence[PRESENCE_CAP];
 	struct room_entry rooms[ROOMS_CAP];
+	struct ring	 rings[FK_MAX_SLOTS];
 };
 
 static struct chan_shm	*shm;
-static int		 sock = -1;
+static bool		 started;
 static int		 my_slot;
 static struct chan_limits limits;
 static chan_deliver_fn	 deliver;
@@ -66,6 +80,7 @@ chan_setup(void)
 {
 	pthread_mutexattr_t ma;
 	void *p;
+	int i;
 
 	if (shm != NULL)
 		return 0;
@@ -79,15 +94,25 @@ chan_setup(void)
 	pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
 	pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
 	pthread_mutex_init(&shm->lock, &ma);
+	for (i = 0; i < FK_MAX_SLOTS; i++)
+		pthread_mutex_init(&shm->rings[i].lock, &ma);
 	pthread_mutexattr_destroy(&ma);
 	return 0;
 }
 
 static void
+lock_mutex(pthread_mutex_t *m)
+{
+	/* what a dead holder was doing is either done or not begun: the
+	 * tables and rings are only changed after every check passed */
+	if (pthread_mutex_lock(m) == EOWNERDEAD)
+		pthread_mutex_consistent(m);
+}
+
+static void
 lock(void)
 {
-	if (pthread_mutex_lock(&shm->lock) == EOWNERDEAD)
-		pthread_mutex_consistent(&shm->lock);	/* tables are never half-written */
+	lock_mutex(&shm->lock);
 }
 
 static void
@@ -317,80 +342,78 @@ chan_next_guest(void)
 
 /* ---- lines between workers ---- */
 
-static socklen_t
-slot_address(int slot, struct sockaddr_un *sun)
+static void
+ring_copy_in(struct ring *r, uint64_t at, const void *src, size_t n)
 {
-	int n;
+	size_t off = (size_t)(at % RING_BYTES), first = MIN(n, RING_BYTES - off);
 
-	memset(sun, 0, sizeof(*sun));
-	sun->sun_family = AF_UNIX;
-	/* abstract: sun_path[0] stays NUL */
-	n = snprintf(sun->sun_path + 1, sizeof(sun->sun_path) - 1, "forkd.%ld.chat.%d",
-	    (long)scoreboard->master_pid, slot);
-	return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+	memcpy(r->data + off, src, first);
+	memcpy(r->data, (const char *)src + first, n - first);
 }
 
-static bool
-from_our_worker(pid_t pid)
+static void
+ring_copy_out(const struct ring *r, uint64_t at, void *dst, size_t n)
 {
-	int i;
+	size_t off = (size_t)(at % RING_BYTES), first = MIN(n, RING_BYTES - off);
 
-	for (i = 0; i < FK_MAX_SLOTS; i++)
-		if (atomic_load(&scoreboard->slot[i].pid) == pid)
-			return true;
-	return false;
+	memcpy(dst, r->data + off, first);
+	memcpy((char *)dst + first, r->data, n - first);
+}
+
+static long
+futex(_Atomic uint32_t *word, int op, uint32_t val)
+{
+	return syscall(SYS_futex, word, op, val, NULL, NULL, 0);
 }
 
 static void *
 receiver(void *arg)
 {
-	static char buf[DGRAM_MAX + 1];
-	char cbuf[CMSG_SPACE(sizeof(struct ucred))];
+	static char buf[RING_BYTES];
+	struct ring *r = &shm->rings[my_slot];
 
 	(void)arg;
 	pthread_setname_np(pthread_self(), "forkd-chat");
 	for (;;) {
-		struct iovec iov = { buf, DGRAM_MAX };
-		struct msghdr mh = { 0 };
-		struct cmsghdr *cm;
-		struct ucred *cred = NULL;
-		ssize_t n;
-		size_t rlen;
+		uint32_t seq = atomic_load(&r->seq);
+		size_t n, at;
 
-		mh.msg_iov = &iov;
-		mh.msg_iovlen = 1;
-		mh.msg_control = cbuf;
-		mh.msg_controllen = sizeof(cbuf);
-		n = recvmsg(sock, &mh, 0);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			log_warn("chat: cannot receive");
-			return NULL;
+		lock_mutex(&r->lock);
+		n = (size_t)(r->head - r->tail);
+		if (n > 0)
+			ring_copy_out(r, r->tail, buf, n);
+		r->tail = r->head;
+		pthread_mutex_unlock(&r->lock);
+		if (n == 0) {
+			futex(&r->seq, FUTEX_WAIT, seq);
+			continue;
 		}
-		for (cm = CMSG_FIRSTHDR(&mh); cm != NULL; cm = CMSG_NXTHDR(&mh, cm))
-			if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_CREDENTIALS)
-				cred = (struct ucred *)(void *)CMSG_DATA(cm);
-		if (cred == NULL || !from_our_worker(cred->pid) || n < 2)
-			continue;
-		rlen = (unsigned char)buf[0];
-		if (rlen == 0 || rlen > NAME_MAX_LEN || (size_t)n < 1 + rlen + 1)
-			continue;
-		buf[n] = '\0';
-		/* "<len><room>\0<line>" */
-		if (buf[1 + rlen] != '\0')
-			continue;
-		deliver(buf + 1, buf + 2 + rlen, (size_t)n - 2 - rlen);
+		for (at = 0; at + 5 <= n; ) {
+			uint32_t len;
+			size_t rlen;
+
+			memcpy(&len, buf + at, 4);
+			rlen = (unsigned char)buf[at + 4];
+			if (len < 5 + rlen || at + len > n)
+				break;		/* cannot happen: only we write here */
+			{
+				char room[NAME_MAX_LEN + 1];
+
+				memcpy(room, buf + at + 5, rlen);
+				room[rlen] = '\0';
+				deliver(room, buf + at + 5 + rlen, len - 5 - rlen);
+			}
+			at += len;
+		}
 	}
+	return NULL;
 }
 
 int
 chan_start(int slot, const struct chan_limits *lim, chan_deliver_fn fn)
 {
-	struct sockaddr_un sun;
-	socklen_t len;
+	struct ring *r;
 	pthread_t tid;
-	int one = 1, rcv = 1 << 20;
 
 	if (shm == NULL) {
 		errno = ENXIO;
@@ -399,54 +422,62 @@ chan_start(int slot, const struct chan_limits *lim, chan_deliver_fn fn)
 	my_slot = slot;
 	limits = *lim;
 	deliver = fn;
-	sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (sock < 0)
-		return -1;
-	len = slot_address(slot, &sun);
-	if (bind(sock, (struct sockaddr *)&sun, len) != 0)
-		return -1;
-	setsockopt(sock, SOL_SOCKET, SO_PASSCRED, &one, sizeof(one));
-	setsockopt(sock, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+	/* what was queued for this slot's previous worker is nobody's now */
+	r = &shm->rings[slot];
+	lock_mutex(&r->lock);
+	r->tail = r->head;
+	pthread_mutex_unlock(&r->lock);
 	if (pthread_create(&tid, NULL, receiver, NULL) != 0)
 		return -1;
 	pthread_detach(tid);
+	started = true;
 	return 0;
 }
 
 int
 chan_publish(const char *room, const char *line, size_t len)
 {
-	char buf[DGRAM_MAX];
-	size_t rlen = strlen(room), n;
+	size_t rlen = strlen(room);
+	uint32_t total;
 	int i;
 
-	if (sock < 0 || rlen == 0 || rlen > NAME_MAX_LEN)
+	if (!started || rlen == 0 || rlen > NAME_MAX_LEN)
 		return -1;
-	if (len > DGRAM_MAX - rlen - 2)
-		len = DGRAM_MAX - rlen - 2;
-	buf[0] = (char)rlen;
-	memcpy(buf + 1, room, rlen + 1);
-	memcpy(buf + 2 + rlen, line, len);
-	n = 2 + rlen + len;
+	if (len > LINE_MAX_LEN)
+		len = LINE_MAX_LEN;
+	total = (uint32_t)(5 + rlen + len);
 	for (i = 0; i < FK_MAX_SLOTS; i++) {
-		struct sockaddr_un sun;
-		socklen_t alen;
+		struct ring *r = &shm->rings[i];
 		int st = atomic_load(&scoreboard->slot[i].state);
+		unsigned char rl = (unsigned char)rlen;
+		bool fits;
 
 		if (i == my_slot || st == SLOT_FREE || st == SLOT_STARTING)
 			continue;
-		alen = slot_address(i, &sun);
-		if (sendto(sock, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL,
-		    (struct sockaddr *)&sun, alen) < 0 &&
-		    (errno == EAGAIN || errno == ENOBUFS)) {
+		lock_mutex(&r->lock);
+		fits = r->head - r->tail + total <= RING_BYTES;
+		if (fits) {
+			ring_copy_in(r, r->head, &total, 4);
+			ring_copy_in(r, r->head + 4, &rl, 1);
+			ring_copy_in(r, r->head + 5, room, rlen);
+			ring_copy_in(r, r->head + 5 + rlen, line, len);
+			r->head += total;
+		} else {
+			r->dropped++;
+		}
+		pthread_mutex_unlock(&r->lock);
+		if (fits) {
+			atomic_fetch_add(&r->seq, 1);
+			futex(&r->seq, FUTEX_WAKE, 1);
+		} else {
 			uint64_t now = now_ms();
 
 			/* a worker that cannot keep up loses lines, never stalls us */
 			atomic_fetch_add(&dropped, 1);
 			if (now - atomic_load(&dropped_logged_ms) > 10000) {
 				atomic_store(&dropped_logged_ms, now);
-				log_warnx("chat: worker %d is not keeping up: %llu lines dropped",
-				    i, (unsigned long long)atomic_load(&dropped));
+				log_warnx("chat: worker %d is not keeping up: %llu lines dropped "
+				    "so far", i, (unsigned long long)atomic_load(&dropped));
 			}
 		}
 	}

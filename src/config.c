@@ -223,7 +223,10 @@ parse_setting(struct ctx *ctx, const struct setting *s, const config_setting_t *
 				strncat(known, ", ", sizeof(known) - strlen(known) - 1);
 			strncat(known, s->names[i], sizeof(known) - strlen(known) - 1);
 		}
-		cfg_error(ctx, cs, "'%s' must be one of %s (got '%s')", label, known, v);
+		if (strpbrk(v, "\r\n") != NULL || strlen(v) > 32)
+			cfg_error(ctx, cs, "'%s' must be one of %s", label, known);
+		else
+			cfg_error(ctx, cs, "'%s' must be one of %s (got '%s')", label, known, v);
 		break;
 	}
 	}

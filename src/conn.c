@@ -454,6 +454,13 @@ conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer, bool ip
 			break;
 		sched_yield();
 	}
+	/* the kernel's send buffer counts against max_output too: left to
+	 * itself it grows to megabytes for a client that does not read */
+	{
+		int sndbuf = w->cfg->max_output / 2;	/* the kernel doubles it */
+
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+	}
 	c->fd = fd;
 	c->l = l;
 	c->svc = l->service;

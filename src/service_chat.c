@@ -179,15 +179,13 @@ join_error(int rc)
 	}
 }
 
-/* Enter a room: the shared member list first, then the local one. */
+/* Enter a room the shared member list already holds us in: from now on
+ * its lines reach us, and the room hears of it. */
 static int
-enter(struct member *m, const char *room)
+enter_local(struct member *m, const char *room)
 {
 	struct lroom *r;
-	int rc = chan_join(room, m->nick);
 
-	if (rc != CHAN_OK)
-		return rc;
 	pthread_mutex_lock(&rooms_lock);
 	r = lroom_get(room, true);
 	if (r == NULL) {
@@ -204,6 +202,15 @@ enter(struct member *m, const char *room)
 	pthread_mutex_unlock(&rooms_lock);
 	broadcast(m, room, "* %s joined %s", m->nick, room);
 	return CHAN_OK;
+}
+
+/* Enter a room: the shared member list first, then the local one. */
+static int
+enter(struct member *m, const char *room)
+{
+	int rc = chan_join(room, m->nick);
+
+	return rc != CHAN_OK ? rc : enter_local(m, room);
 }
 
 static void
@@ -230,7 +237,8 @@ chat_open(struct session *s)
 
 	m->s = s;
 	snprintf(m->nick, sizeof(m->nick), "guest%u", chan_next_guest());
-	rc = enter(m, conf->default_room);
+	rc = chan_join(conf->default_room, m->nick);
+	/* the greeting is queued before the room can send us anything */
 	if (rc != CHAN_OK) {
 		session_reply(s, "* welcome to forkd chat: you are %s, in no room (%s: %s)",
 		    m->nick, conf->default_room, join_error(rc));
@@ -239,6 +247,8 @@ chat_open(struct session *s)
 		    m->nick, conf->default_room);
 	}
 	session_reply(s, "* commands: /nick NAME, /join ROOM, /who, /rooms, /quit");
+	if (rc == CHAN_OK)
+		enter_local(m, conf->default_room);
 }
 
 static void

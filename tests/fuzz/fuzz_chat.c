@@ -1,0 +1,255 @@
+/*
+ * libFuzzer harness for the chat service's command handling
+ * (service_chat.c), with three sessions of one worker built by hand: no
+ * sockets, no epoll (epfd is -1, so session_wake's epoll_ctl just fails),
+ * and the channel layer's shared member table from chan_setup().
+ *
+ * Input: lines separated by '\n'.  The first byte of a line picks what
+ * happens:
+ *   (b & 0xf0) == 0xf0   session b % 3 disconnects (its close hook runs)
+ *   otherwise            the rest of the line is a request from session
+ *                        b % 3 (a session that is closed connects again
+ *                        first, as a new client)
+ * After every step each session's queued output is taken and checked: a
+ * sequence of whole lines, each ending in "\r\n", no bare '\n', never more
+ * than max_output.  A session whose queue overflowed, or that said /quit,
+ * is closed the way the connection layer would close it.  At the end every
+ * session is closed and freed, and nothing may be left in the member table.
+ *
+ * chan_start() is called once at startup, with small room limits, so that
+ * rooms, broadcasts, full rooms, /who and /nick inside a room are reached.
+ * FUZZ_CHAT_CHAN_START=0 in the environment leaves it out: then the room
+ * limits stay at zero and every join is refused.
+ * FUZZ_CHAT_TRACE=1 prints every session's replies (to look at a seed).
+ *
+ *   tests/fuzz/run 60          (builds and runs every harness)
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "chan.h"
+#include "config.h"
+#include "conn.h"
+#include "scoreboard.h"
+#include "service.h"
+#include "worker.h"
+
+int	 LLVMFuzzerInitialize(int *, char ***);
+int	 LLVMFuzzerTestOneInput(const uint8_t *, size_t);
+
+extern const struct service service_chat;
+
+#define NSESS	3
+
+static const char chat_conf_text[] =
+    "max_line = 1024;\n"
+    "max_output = 8192;\n"
+    "listeners = ( { address = \"127.0.0.1\"; port = 5005; service = \"chat\"; } );\n"
+    "chat = { default_room = \"lobby\"; max_rooms = 4; max_members = 2; };\n";
+
+static struct fk_config	*cfg;
+static struct worker	 w;
+static struct session	 sess[NSESS];
+static const void	*chat_conf;
+static bool		 trace;		/* FUZZ_CHAT_TRACE=1: show the replies */
+
+static void
+dropped_remote(const char *room, const char *line, size_t len)
+{
+	(void)room;
+	(void)line;
+	(void)len;
+}
+
+int
+LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	static struct config_errors errs;
+	const char *env = getenv("FUZZ_CHAT_CHAN_START");
+	int i;
+
+	(void)argc;
+	(void)argv;
+	trace = getenv("FUZZ_CHAT_TRACE") != NULL;
+	cfg = config_load_string("fuzz-chat.conf", chat_conf_text, &errs);
+	if (cfg == NULL) {
+		fprintf(stderr, "fuzz_chat: bad built-in config: %s\n", errs.msg[0]);
+		abort();
+	}
+	chat_conf = cfg->service_conf[service_index(&service_chat)];
+	if (scoreboard_create() != 0 || chan_setup() != 0) {
+		fprintf(stderr, "fuzz_chat: cannot map the shared tables\n");
+		abort();
+	}
+	/* this process is the worker in slot 0 */
+	atomic_store(&scoreboard->slot[0].pid, getpid());
+	atomic_store(&scoreboard->slot[0].state, SLOT_READY);
+	if (env == NULL || strcmp(env, "0") != 0) {
+		/* same order as struct chat_conf: default_room, max_rooms, max_members */
+		struct chan_limits lim = { 4, 2 };
+
+		if (chan_start(0, &lim, dropped_remote) != 0) {
+			fprintf(stderr, "fuzz_chat: chan_start failed\n");
+			abort();
+		}
+	}
+
+	w.cfg = cfg;
+	w.epfd = -1;
+	w.slot = 0;
+	w.sb = &scoreboard->slot[0];
+	for (i = 0; i < NSESS; i++) {
+		if (pthread_mutex_init(&sess[i].out_lock, NULL) != 0)
+			abort();
+		sess[i].fd = -1;
+	}
+	return 0;
+}
+
+static void
+sess_open(struct session *s)
+{
+	s->w = &w;
+	s->svc = &service_chat;
+	s->svc_idx = service_index(&service_chat);
+	s->svc_conf = chat_conf;
+	s->fd = -1;
+	s->closing = false;
+	atomic_store(&s->kill, KILL_NONE);
+	snprintf(s->peer, sizeof(s->peer), "127.0.0.1:%d", 40000 + (int)(s - sess));
+	s->data = calloc(1, service_chat.session_size);
+	if (s->data == NULL)
+		abort();
+	atomic_store(&s->open, true);
+	service_chat.open(s);
+}
+
+/* as conn_close: the hook, then the output is thrown away */
+static void
+sess_close(struct session *s)
+{
+	service_chat.close(s);
+	pthread_mutex_lock(&s->out_lock);
+	atomic_store(&s->open, false);
+	free(s->out);
+	s->out = NULL;
+	s->out_len = s->out_off = s->out_cap = 0;
+	s->out_full = false;
+	pthread_mutex_unlock(&s->out_lock);
+	free(s->data);
+	s->data = NULL;
+}
+
+/* Take what is queued for s and check that it is whole "\r\n" lines. */
+static void
+drain(struct session *s)
+{
+	size_t i, n;
+	const char *p;
+	bool full;
+
+	pthread_mutex_lock(&s->out_lock);
+	if (s->out_off > s->out_len || s->out_len > s->out_cap)
+		abort();
+	n = s->out_len - s->out_off;
+	p = n > 0 ? s->out + s->out_off : "";
+	if (n > (size_t)cfg->max_output)
+		abort();
+	if (n > 0 && (n < 2 || p[n - 2] != '\r' || p[n - 1] != '\n'))
+		abort();
+	for (i = 0; i < n; i++)
+		if (p[i] == '\n' && (i == 0 || p[i - 1] != '\r'))
+			abort();
+	if (trace && n > 0)
+		fprintf(stderr, "[session %d]\n%.*s", (int)(s - sess), (int)n, p);
+	s->out_off = s->out_len = 0;
+	full = s->out_full;
+	pthread_mutex_unlock(&s->out_lock);
+
+	/* the connection layer would now drop it: output queue full */
+	if (full && atomic_load(&s->open))
+		sess_close(s);
+}
+
+static void
+drain_all(void)
+{
+	int i;
+
+	for (i = 0; i < NSESS; i++)
+		drain(&sess[i]);
+}
+
+static void
+step(const char *req, size_t len)
+{
+	unsigned char b = (unsigned char)req[0];
+	struct session *s = &sess[b % NSESS];
+	char *line;
+
+	if ((b & 0xf0) == 0xf0) {
+		if (atomic_load(&s->open))
+			sess_close(s);
+		drain_all();
+		return;
+	}
+	if (!atomic_load(&s->open)) {
+		sess_open(s);
+		drain_all();
+	}
+	/* an exact-size copy, NUL-terminated at [len] as the framer leaves it */
+	len--;
+	if ((line = malloc(len + 1)) == NULL)
+		abort();
+	memcpy(line, req + 1, len);
+	line[len] = '\0';
+	service_chat.line(s, line, len);
+	free(line);
+	/* /quit: "Bye" is flushed, then the connection closes */
+	if (s->closing) {
+		drain(s);
+		if (atomic_load(&s->open))
+			sess_close(s);
+	}
+	drain_all();
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	const char *p = (const char *)data, *end = p + size;
+	char who[256];
+	int i;
+
+	for (i = 0; i < NSESS; i++) {
+		sess_open(&sess[i]);
+		drain_all();
+	}
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		size_t len = nl != NULL ? (size_t)(nl - p) : (size_t)(end - p);
+
+		if (len > 0)
+			step(p, len);
+		p += len + (nl != NULL);
+	}
+	for (i = 0; i < NSESS; i++) {
+		if (atomic_load(&sess[i].open))
+			sess_close(&sess[i]);
+		drain(&sess[i]);
+	}
+	/* everyone left: no room may still list members */
+	if (chan_rooms(who, sizeof(who)) != 0) {
+		fprintf(stderr, "fuzz_chat: rooms left after every session closed: %s\n",
+		    who);
+		abort();
+	}
+	return 0;
+}
