@@ -713,6 +713,23 @@ config_load(const char *path, struct config_errors *errs)
 	return cfg;
 }
 
+int
+config_peek_string(const char *path, const char *key, char *buf, size_t len)
+{
+	const char *v = NULL;
+	config_t lc;
+	int rc = -1;
+
+	config_init(&lc);
+	if (config_read_file(&lc, path) == CONFIG_TRUE &&
+	    config_lookup_string(&lc, key, &v) == CONFIG_TRUE && strlen(v) < len) {
+		snprintf(buf, len, "%s", v);
+		rc = 0;
+	}
+	config_destroy(&lc);
+	return rc;
+}
+
 void
 config_free(struct fk_config *cfg)
 {

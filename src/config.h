@@ -83,6 +83,9 @@ struct fk_config *config_load(const char *path, struct config_errors *errs);
 struct fk_config *config_load_string(const char *name, const char *text,
 		    struct config_errors *errs);
 void		  config_free(struct fk_config *);
+/* One string setting of a file that may not validate; -1 when unreadable. */
+int		  config_peek_string(const char *path, const char *key, char *buf,
+		    size_t len);
 const char	 *config_log_level_name(int level);
 
 #endif

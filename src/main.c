@@ -90,6 +90,16 @@ main(int argc, char *argv[])
 	}
 
 	cfg = config_load(path, &errs);
+	if (cfg == NULL && reload) {
+		/* the running forkd says what is wrong (and logs it, and shows it
+		 * in STATUS=); a broken file only hides a configured socket path */
+		char ctl[108] = "", sock[108];
+		struct fk_config fallback = { .path = (char *)path, .control_socket = ctl };
+
+		config_peek_string(path, "control_socket", ctl, sizeof(ctl));
+		if (master_control_path(&fallback, sock, sizeof(sock))[0] != '\0')
+			return master_request_reload(&fallback);
+	}
 	if (cfg == NULL) {
 		for (i = 0; i < errs.count; i++)
 			fprintf(stderr, "%s\n", errs.msg[i]);

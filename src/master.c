@@ -42,6 +42,7 @@
 #define RELOAD_START_MS		30000	/* a new generation must be up by then */
 #define MAX_CTL_CLIENTS		16
 #define CTL_TIMEOUT_MS		(RELOAD_START_MS + 15000)
+#define OLD_STOP_MS		5000	/* old workers must stop accepting by then */
 
 #define TAG_SIGNAL	1
 #define TAG_TIMER	2
@@ -69,6 +70,7 @@ static struct {
 	struct generation cur;		/* serving */
 	struct generation next;		/* being started by a reload (cfg != NULL) */
 	uint64_t	 next_deadline;
+	uint64_t	 old_accepting_until;	/* a reload waits for the old generation */
 	struct lsock_set socks;
 	int		 target;
 	uid_t		 uid;
@@ -385,7 +387,7 @@ start_reload(void)
 
 	if (M.stopping)
 		return;
-	if (M.next.cfg != NULL) {
+	if (M.next.cfg != NULL || M.old_accepting_until != 0) {
 		M.reload_again = true;	/* after the one under way */
 		return;
 	}
@@ -444,6 +446,40 @@ finish_reload(void)
 	atomic_store(&scoreboard->generation, M.cur.id);
 	atomic_store(&scoreboard->workers, M.target);
 	atomic_store(&scoreboard->threads, M.cur.cfg->threads);
+	/* READY=1 once no old worker accepts any more (reload_settled) */
+	M.old_accepting_until = now_ms() + OLD_STOP_MS;
+}
+
+/* Is an old-generation worker still accepting? */
+static bool
+old_accepting(void)
+{
+	int i;
+
+	for (i = 0; i < FK_MAX_SLOTS; i++) {
+		int st;
+
+		if (M.wk[i].pid <= 0 || M.wk[i].gen == M.cur.id)
+			continue;
+		st = atomic_load(&scoreboard->slot[i].state);
+		if (st == SLOT_READY || st == SLOT_STARTING)
+			return true;
+	}
+	return false;
+}
+
+/* After finish_reload: every new connection now gets the new configuration. */
+static void
+reload_settled(void)
+{
+	if (M.old_accepting_until == 0)
+		return;
+	if (old_accepting()) {
+		if (now_ms() < M.old_accepting_until)
+			return;
+		log_warnx("old workers did not stop accepting within %d ms", OLD_STOP_MS);
+	}
+	M.old_accepting_until = 0;
 	atomic_fetch_add(&scoreboard->reloads, 1);
 	snprintf(M.note, sizeof(M.note), "reloaded: generation %u, %d workers", M.cur.id,
 	    M.target);
@@ -515,6 +551,7 @@ on_worker_news(void)
 	handle_recycles();
 	if (M.next.cfg != NULL && live_workers(M.next.id, true) >= M.next.cfg->workers)
 		finish_reload();
+	reload_settled();
 	if (!M.ready_sent && !M.stopping && live_workers(M.cur.id, true) >= M.target) {
 		M.ready_sent = true;
 		log_info("ready: %d workers × %d threads", M.target, M.cur.cfg->threads);
@@ -728,6 +765,7 @@ on_tick(void)
 		abandon_next();
 		reload_failed("the new generation did not start in time");
 	}
+	reload_settled();
 	ensure_workers();
 	update_status(false);
 	if (M.wd_interval_ms > 0 && now - M.wd_last_ms >= M.wd_interval_ms &&
