@@ -82,6 +82,9 @@ lsock_adopt_systemd(struct lsock_set *set, char *err, size_t errlen)
 			return -1;
 		}
 		fcntl(fd, F_SETFD, FD_CLOEXEC);
+		/* systemd passes blocking sockets; the acceptors must never wait
+		 * in accept() on one while another listener has clients */
+		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 		if (find(set, &ss) != NULL) {
 			snprintf(err, errlen, "systemd passed %s twice",
 			    sockaddr_text((struct sockaddr *)&ss, at, sizeof(at)));

@@ -596,12 +596,12 @@ reap(void)
 		scoreboard_retire(slot);
 		lived = now_ms() - w.started_ms;
 		describe_status(status, how, sizeof(how));
-		if (w.retiring || M.stopping) {
-			log_debug("worker %d (pid %ld) %s", slot, (long)pid, how);
-			continue;
-		}
 		if (w.recycle) {
 			log_info("worker %d (pid %ld) replaced", slot, (long)pid);
+			continue;
+		}
+		if (w.retiring || M.stopping) {
+			log_debug("worker %d (pid %ld) %s", slot, (long)pid, how);
 			continue;
 		}
 		atomic_fetch_add(&scoreboard->restarts, 1);
@@ -620,7 +620,7 @@ reap(void)
 			snprintf(why, sizeof(why), "%d workers in a row died before they could "
 			    "serve (the last one %s)", M.failed_starts, how);
 			give_up(why);
-			return;
+			continue;	/* the others still have to be reaped */
 		}
 		if (lived < FAST_DEATH_MS) {
 			M.backoff_ms = M.backoff_ms ? MIN(M.backoff_ms * 2, BACKOFF_MAX_MS) :

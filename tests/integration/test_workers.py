@@ -1,0 +1,315 @@
+"""The master's care of its workers: crashes, crash loops, SIGTTIN/SIGTTOU,
+recycling, hung workers and the systemd watchdog."""
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import FORKD, Client, alive, children, wait_until
+
+
+def start_with(d, argv, wait=True, pass_fds=(), preexec_fn=None):
+    """Start forkd through another command (same pid once it execs)."""
+    d.logf = open(d.log_path, "ab")
+    d.proc = subprocess.Popen(argv, env=d.env, stdout=d.logf, stderr=subprocess.STDOUT,
+                              pass_fds=pass_fds, preexec_fn=preexec_fn)
+    if wait:
+        d.notify.wait_for("READY=1", timeout=10)
+    return d
+
+
+def stats(d):
+    c = d.client("stats")
+    c.send("stats\n")
+    out = {}
+    for l in c.lines_until("END")[:-1]:
+        parts = l.split(" ", 2)
+        out[parts[1]] = parts[2]
+    c.close()
+    return out
+
+
+def socket_inodes(pid):
+    out = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                out.add(int(link[8:-1]))
+    except OSError:
+        pass
+    return out
+
+
+def owner(d, client):
+    """The worker pid holding the server side of a client's connection."""
+    cport = client.sock.getsockname()[1]
+    local = f"0100007F:{client.sock.getpeername()[1]:04X}"
+    remote = f"0100007F:{cport:04X}"
+    with open("/proc/net/tcp") as f:
+        next(f)
+        inodes = [int(l.split()[9]) for l in f
+                  if l.split()[1] == local and l.split()[2] == remote]
+    for w in d.workers():
+        if set(inodes) & socket_inodes(w):
+            return w
+    return None
+
+
+def logged(d, pattern):
+    return re.search(pattern, d.log())
+
+
+def signal_taken(pid, sig):
+    """True once sig is no longer pending for the process (the master read it)."""
+    with open(f"/proc/{pid}/status") as f:
+        for l in f:
+            if l.startswith("ShdPnd:"):
+                return not int(l.split()[1], 16) & (1 << (sig - 1))
+    return False
+
+
+def test_kill_9_replaced_at_once_others_unaffected(forkd_factory):
+    d = forkd_factory([{"service": "echo"}, {"service": "stats"}], workers=2, threads=2)
+    clients = [d.client() for _ in range(16)]
+    for i, c in enumerate(clients):
+        assert c.ask(f"a{i}") == f"Echo: a{i}"
+    owners = {c: owner(d, c) for c in clients}
+    by = {}
+    for c, w in owners.items():
+        by.setdefault(w, []).append(c)
+    assert None not in by and len(by) == 2, f"clients not on both workers: {by.keys()}"
+    victim, survivor = list(by)
+    t0 = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: len(d.workers()) == 2 and victim not in d.workers(), 1.0,
+               "a new worker within 1 s")
+    replaced_in = time.monotonic() - t0
+    new = [w for w in d.workers() if w != survivor]
+    assert len(new) == 1 and new[0] != victim
+    wait_until(lambda: logged(d, rf"worker \d+ \(pid {victim}\) was killed by signal 9"),
+               2, "the death in the log")
+    # the other worker's sessions go on; the victim's are gone
+    for i, c in enumerate(by[survivor]):
+        assert c.ask(f"b{i}") == f"Echo: b{i}"
+    for c in by[victim]:
+        try:
+            assert c.ask("dead", timeout=2) is None
+        except ConnectionResetError:
+            pass
+    assert d.workers() == sorted([survivor, new[0]])
+    assert stats(d)["worker_restarts"] == "1"
+    # the replacement serves too
+    held = []
+    for _ in range(40):
+        c = d.client()
+        assert c.ask("n") == "Echo: n"
+        held.append(c)
+        if owner(d, c) == new[0]:
+            break
+    else:
+        raise AssertionError("the replacement worker took no connection")
+    print(f"replaced in {replaced_in * 1000:.0f} ms")
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_gives_up_when_workers_cannot_start(forkd_factory, workers):
+    """In a user namespace where only root is mapped, forkd believes it is root
+    but its workers cannot switch to 'nobody': every one dies at start."""
+    d = forkd_factory(start=False, workers=workers, threads=2, shutdown_timeout=1,
+                      user="nobody", group="nogroup")
+    start_with(d, ["unshare", "--user", "--map-root-user", FORKD, "-c", d.conf],
+               wait=False)
+    try:
+        try:
+            rc = d.proc.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            rc = None
+        log = d.log()
+        assert "cannot drop supplementary groups" in log or "cannot set" in log, log
+        assert "giving up:" in log, log
+        assert rc is not None, (f"the master logged 'giving up' but is still running "
+                                f"8 s later; its children: "
+                                f"{[(p, alive(p)) for p in children(d.pid)]}")
+        assert rc != 0
+        assert "READY=1" not in "".join(d.notify.messages)
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
+def test_sigttin_sigttou(forkd_factory):
+    d = forkd_factory([{"service": "echo"}, {"service": "stats"}], workers=2, threads=2)
+    assert stats(d)["workers"] == "2"
+    start = len(d.notify.messages)
+    d.signal(signal.SIGTTIN)
+    wait_until(lambda: "SIGTTIN: 3 workers wanted" in d.log(), 3, "SIGTTIN in the log")
+    wait_until(lambda: len(d.workers()) == 3, 3, "three workers")
+    s = stats(d)
+    assert s["workers"] == "3"
+    wait_until(lambda: stats(d)["workers_ready"] == "3", 3, "three ready workers")
+    d.notify.wait_for("STATUS=3 workers", start=start)
+    assert d.client().ask("x") == "Echo: x"
+
+    for want in (2, 1):
+        d.signal(signal.SIGTTOU)
+        wait_until(lambda: f"SIGTTOU: {want} workers wanted" in d.log(), 3,
+                   f"SIGTTOU to {want}")
+        wait_until(lambda: len(d.workers()) == want, 5, f"{want} workers")
+        assert stats(d)["workers"] == str(want)
+        assert d.client().ask("x") == "Echo: x"
+    d.notify.wait_for("STATUS=1 workers", start=start)
+
+    # at one worker, SIGTTOU does nothing
+    d.signal(signal.SIGTTOU)
+    wait_until(lambda: signal_taken(d.pid, signal.SIGTTOU), 3, "the master to take SIGTTOU")
+    d.signal(signal.SIGTTIN)
+    wait_until(lambda: "SIGTTIN: 2 workers wanted" in d.log() or
+               "SIGTTIN: 1 workers wanted" in d.log(), 3, "the next SIGTTIN")
+    log = d.log()
+    assert "0 workers wanted" not in log
+    assert "SIGTTIN: 2 workers wanted" in log
+    wait_until(lambda: len(d.workers()) == 2, 5, "two workers again")
+    assert d.client().ask("x") == "Echo: x"
+
+
+def test_recycling_after_max_requests(forkd_factory):
+    d = forkd_factory([{"service": "echo"}, {"service": "stats"}], workers=2, threads=2,
+                      max_requests_per_worker=20, shutdown_timeout=2)
+    first = set(d.workers())
+    stop = threading.Event()
+    lock = threading.Lock()
+    counts = {"ok": 0, "failed": 0}
+    failures = []
+
+    def load():
+        for _ in range(5000):
+            if stop.is_set():
+                return
+            try:
+                c = Client(d.port, timeout=5)
+                got = c.ask("r")
+                c.close()
+                ok, why = got == "Echo: r", f"answer {got!r}"
+            except OSError as e:
+                ok, why = False, repr(e)
+            with lock:
+                counts["ok" if ok else "failed"] += 1
+                if not ok and len(failures) < 20:
+                    failures.append(why)
+
+    ts = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+    for t in ts:
+        t.start()
+    ready_seen = set()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            s = stats(d)
+            ready_seen.add(int(s["workers_ready"]))
+            if int(s["worker_recycles"]) >= 3 and not (first & set(d.workers())):
+                break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in ts:
+            t.join(timeout=15)
+    s = stats(d)
+    print(f"recycling: {counts['ok']} connections ok, {counts['failed']} failed, "
+          f"worker_recycles {s['worker_recycles']}, ready counts seen {sorted(ready_seen)}")
+    assert counts["failed"] == 0, failures
+    assert int(s["worker_recycles"]) >= 3
+    assert len(re.findall(r"replacing worker \d+ \(pid \d+\) after \d+ connections",
+                          d.log())) >= 3
+    assert not first & set(d.workers()), "an original worker was never replaced"
+    # one at a time: capacity never dropped below, nor rose above, one spare
+    assert min(ready_seen) >= 2 and max(ready_seen) <= 3, ready_seen
+    assert s["worker_restarts"] == "0"
+    wait_until(lambda: len(d.workers()) == 2, 5, "two workers at rest")
+
+
+def test_hung_worker_is_killed_and_replaced(forkd_factory):
+    d = forkd_factory([{"service": "echo"}], workers=2, threads=2, worker_timeout=1)
+    victim, other = d.workers()
+    t0 = time.monotonic()
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        wait_until(lambda: logged(d, rf"worker \d+ \(pid {victim}\) missed its heartbeat"),
+                   4, "the missed heartbeat")
+        wait_until(lambda: not alive(victim), 2, "the hung worker to be killed")
+        wait_until(lambda: len(d.workers()) == 2 and victim not in d.workers(), 2,
+                   "a replacement")
+    finally:
+        if alive(victim):
+            os.kill(victim, signal.SIGCONT)
+    took = time.monotonic() - t0
+    # heartbeats come every 250 ms: the last one may predate SIGSTOP by that much
+    assert 0.7 <= took <= 4.0, took
+    assert logged(d, rf"worker \d+ \(pid {victim}\) was killed by signal 9 .*\(hung\)")
+    new = [w for w in d.workers() if w != other]
+    assert len(new) == 1
+    held = []
+    for _ in range(40):
+        c = d.client()
+        assert c.ask("h") == "Echo: h"
+        held.append(c)
+        if owner(d, c) == new[0]:
+            break
+    else:
+        raise AssertionError("the replacement worker took no connection")
+
+
+def watchdog_count(d, start=0):
+    d.notify.poll()
+    return sum(1 for m in d.notify.messages[start:] if "WATCHDOG=1" in m.split("\n"))
+
+
+def start_with_watchdog_pid(d, pid_expr):
+    d.env["WATCHDOG_USEC"] = "400000"
+    return start_with(d, ["sh", "-c", f'WATCHDOG_PID={pid_expr}; export WATCHDOG_PID; '
+                          'exec "$0" -c "$1"', FORKD, d.conf])
+
+
+def test_watchdog_pings_while_workers_are_healthy(forkd_factory):
+    d = forkd_factory(start=False, workers=2, threads=2, worker_timeout=0)
+    start_with_watchdog_pid(d, "$$")
+    i = d.notify.wait_for("READY=1")
+    t0 = time.monotonic()
+    wait_until(lambda: watchdog_count(d, i) >= 4, 3, "four WATCHDOG=1")
+    # 400 ms wanted: pinged at least every 200-250 ms
+    assert time.monotonic() - t0 < 1.6
+    # a stopped worker makes the daemon unhealthy: the pings stop
+    victim = d.workers()[0]
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        def silent():
+            n = watchdog_count(d)
+            time.sleep(1.0)
+            return watchdog_count(d) == n
+        wait_until(silent, 9, "the watchdog pings to stop while a worker is stopped",
+                   interval=0)
+    finally:
+        os.kill(victim, signal.SIGCONT)
+    n = watchdog_count(d)
+    wait_until(lambda: watchdog_count(d) >= n + 2, 3, "the pings to resume")
+    assert victim in d.workers()   # unhealthy, not killed: worker_timeout = 0
+
+
+def test_watchdog_for_another_pid_is_not_ours(forkd_factory):
+    d = forkd_factory(start=False, workers=1, threads=2)
+    start_with_watchdog_pid(d, "1")
+    # the daemon pings every 250 ms when it is on: give it four chances
+    c = d.client()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1.0:
+        assert c.ask("x") == "Echo: x"
+        time.sleep(0.1)
+    assert watchdog_count(d) == 0
