@@ -525,15 +525,16 @@ conn_sweep(struct worker *w, uint64_t now)
 
 	for (fd = 0; fd <= max && (size_t)fd < w->conns_cap; fd++) {
 		struct session *c = __atomic_load_n(&w->conns[fd], __ATOMIC_ACQUIRE);
-		uint64_t stalled;
+		uint64_t stalled, last;
 
 		if (c == NULL || !atomic_load_explicit(&c->open, memory_order_relaxed))
 			continue;
 		stalled = atomic_load_explicit(&c->stalled_ms, memory_order_relaxed);
-		if (stalled != 0 && now - stalled >= send_ms)
+		last = atomic_load_explicit(&c->last_line_ms, memory_order_relaxed);
+		if (stalled != 0 && older_than(now, stalled, send_ms))
 			conn_kill(c, KILL_SEND_TIMEOUT);
-		else if (now - atomic_load_explicit(&c->last_line_ms, memory_order_relaxed) >=
-		    atomic_load_explicit(&c->idle_ms, memory_order_relaxed))
+		else if (older_than(now, last,
+		    atomic_load_explicit(&c->idle_ms, memory_order_relaxed)))
 			conn_kill(c, KILL_IDLE);
 	}
 }

@@ -716,7 +716,7 @@ workers_healthy(uint64_t now)
 		if (M.wk[i].pid <= 0 || !M.wk[i].ready)
 			continue;
 		hb = atomic_load(&scoreboard->slot[i].heartbeat_ms);
-		if (now - hb > 5000)
+		if (older_than(now, hb, 5000))
 			return false;
 	}
 	return true;
@@ -737,7 +737,7 @@ check_heartbeats(uint64_t now)
 		if (M.wk[i].pid <= 0 || M.wk[i].hung)
 			continue;
 		hb = atomic_load(&scoreboard->slot[i].heartbeat_ms);
-		if (now > hb && now - hb > limit) {
+		if (older_than(now, hb, limit)) {
 			log_warnx("worker %d (pid %ld) missed its heartbeat for %llu ms: killing it",
 			    i, (long)M.wk[i].pid, (unsigned long long)(now - hb));
 			M.wk[i].hung = true;

@@ -11,6 +11,16 @@
 
 /* CLOCK_MONOTONIC in milliseconds */
 uint64_t	 now_ms(void);
+/*
+ * Has `limit` passed since `stamp`, at `now`?  Other threads stamp after a
+ * reader took `now`, so a stamp from the future counts as fresh, not as a
+ * wrapped-around eternity.
+ */
+static inline int
+older_than(uint64_t now, uint64_t stamp, uint64_t limit)
+{
+	return stamp < now && now - stamp >= limit;
+}
 /* Edit distance, for "did you mean" hints; stops counting at limit+1. */
 size_t		 edit_distance(const char *a, const char *b, size_t limit);
 /* "1.2.3.4:80" / "[::1]:80" */

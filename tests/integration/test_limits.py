@@ -378,3 +378,21 @@ def test_soak_descriptors_come_back(forkd_factory):
 def test_soak_memory_comes_back(forkd_factory):
     _, _, rss0, rss1 = soak(forkd_factory)
     assert rss1 - rss0 < 512
+
+
+def test_no_client_is_timed_out_while_it_is_busy(forkd_factory):
+    """Under load, lines are stamped by the pool while the sweeper reads its
+    clock: a stamp newer than the sweeper's clock must not look idle."""
+    bench = os.path.join(os.path.dirname(FORKD), "forkd-bench")
+    errors = 0
+    for i in range(3):
+        d = forkd_factory(workers=2, threads=1)
+        r = subprocess.run([bench, "rr", "--port", str(d.port), "-c", "50", "-d", "1",
+                            "-w", "0.5"], capture_output=True, text=True, timeout=30)
+        summary = [l for l in r.stdout.splitlines() if l.startswith("SUMMARY ")]
+        assert summary, r.stdout + r.stderr
+        fields = dict(kv.split("=", 1) for kv in summary[0].split()[1:])
+        assert int(fields["requests"]) > 1000
+        errors += int(fields["errors"])
+        d.stop()
+    assert errors == 0

@@ -4,6 +4,7 @@
 
 #include "check.h"
 #include "framing.h"
+#include "util.h"
 
 struct got {
 	char	 lines[64][256];
@@ -129,5 +130,12 @@ main(void)
 		CHECK(g.n == 1, "nothing after the stop (%d)", g.n);
 	}
 	framer_reset(&f);
+
+	/* timeouts: a stamp taken after the reader's clock is fresh, not ancient */
+	CHECK(older_than(10000, 4000, 5000), "6 s old is older than 5 s");
+	CHECK(older_than(10000, 5000, 5000), "exactly the limit counts");
+	CHECK(!older_than(10000, 6000, 5000), "4 s old is not");
+	CHECK(!older_than(10000, 10001, 5000), "a stamp from after `now` is fresh");
+	CHECK(!older_than(10000, 10000, 1), "a stamp of `now` is fresh");
 	return check_done();
 }
