@@ -49,7 +49,9 @@
  * Exit status: 0 ok; 1 errors > 0 or no verified request (rr, churn), or
  * any session failed (hold); 2 bad usage.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
