@@ -179,6 +179,49 @@ def alive(pid):
         return False
 
 
+def owner(d, c):
+    """The pid of the worker holding client c's connection, from /proc."""
+    lport = c.sock.getsockname()[1]
+    sport = c.sock.getpeername()[1]
+
+    def find():
+        inode = None
+        with open("/proc/net/tcp") as f:
+            for row in f.read().splitlines()[1:]:
+                col = row.split()
+                if (int(col[1].split(":")[1], 16) == sport and
+                        int(col[2].split(":")[1], 16) == lport and col[9] != "0"):
+                    inode = col[9]
+        if inode is None:
+            return None
+        for w in d.workers():
+            try:
+                for fd in os.listdir(f"/proc/{w}/fd"):
+                    if os.readlink(f"/proc/{w}/fd/{fd}") == f"socket:[{inode}]":
+                        return w
+            except OSError:
+                pass
+        return None
+    return wait_until(find, 5, f"the worker holding port {lport}")
+
+
+def socket_inodes(pid):
+    """Socket inodes open in a process, by fd."""
+    out = {}
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in names:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out[int(fd)] = int(link[8:-1])
+    return out
+
+
 class Forkd:
     def __init__(self, tmp_path, listeners=None, env=None, **settings):
         self.dir = tmp_path

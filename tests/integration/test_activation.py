@@ -6,7 +6,7 @@ import socket
 import subprocess
 import time
 
-from conftest import FORKD, Client, free_port, wait_until
+from conftest import FORKD, Client, free_port, wait_until, socket_inodes
 
 
 def listening_socket():
@@ -32,18 +32,6 @@ def start_activated(d, sock, listen_pid="$$", wait=True):
     if wait:
         d.notify.wait_for("READY=1", timeout=10)
     return d
-
-
-def fd_socket_inodes(pid):
-    out = {}
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            out[int(fd)] = int(link[8:-1])
-    return out
 
 
 def thread_waits(d):
@@ -73,15 +61,15 @@ def test_serves_on_the_passed_socket_and_opens_the_others(forkd_factory):
                       start=False, workers=2, threads=2, shutdown_timeout=2)
     start_activated(d, sock)
     # the passed socket is the one in use: the master holds it as fd 3 ...
-    assert fd_socket_inodes(d.pid).get(3) == ino
+    assert socket_inodes(d.pid).get(3) == ino
     # ... the workers accept on it, and nothing else listens on that port
     for w in d.workers():
-        assert ino in fd_socket_inodes(w).values()
+        assert ino in socket_inodes(w).values()
     assert listening_inodes(port) == [ino]
     # the other listener was opened by forkd itself
     stats_inodes = listening_inodes(stats_port)
     assert len(stats_inodes) == 1 and stats_inodes[0] != ino
-    assert stats_inodes[0] in fd_socket_inodes(d.pid).values()
+    assert stats_inodes[0] in socket_inodes(d.pid).values()
     # our copy is closed: only forkd holds it now, and it serves
     sock.close()
     for i in range(5):

@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 
-from conftest import Client, wait_until
+from conftest import Client, wait_until, owner
 
 WELCOME = re.compile(r"\* welcome to forkd chat: you are (guest\d+) in room (\S+)")
 COMMANDS = "* commands: /nick NAME, /join ROOM, /who, /rooms, /quit"
@@ -92,32 +92,6 @@ def rooms(c):
         assert mm, reply
         out[mm.group(1)] = int(mm.group(2))
     return out
-
-
-def owner(d, c):
-    """The pid of the worker holding client c's connection, from /proc."""
-    lport = c.sock.getsockname()[1]
-    sport = c.sock.getpeername()[1]
-
-    def find():
-        inode = None
-        with open("/proc/net/tcp") as f:
-            for row in f.read().splitlines()[1:]:
-                col = row.split()
-                if (int(col[1].split(":")[1], 16) == sport and
-                        int(col[2].split(":")[1], 16) == lport and col[9] != "0"):
-                    inode = col[9]
-        if inode is None:
-            return None
-        for w in d.workers():
-            try:
-                for fd in os.listdir(f"/proc/{w}/fd"):
-                    if os.readlink(f"/proc/{w}/fd/{fd}") == f"socket:[{inode}]":
-                        return w
-            except OSError:
-                pass
-        return None
-    return wait_until(find, 5, f"the worker holding port {lport}")
 
 
 def spread(d, n, each=2, extra=8):

@@ -5,7 +5,7 @@ import re
 import signal
 import subprocess
 
-from conftest import FORKD, wait_until
+from conftest import FORKD, wait_until, owner
 
 STAT_LINE = re.compile(r"STAT ([A-Za-z0-9_.]+) (\S+)")
 
@@ -36,32 +36,6 @@ def per_worker(st):
         if m:
             out.setdefault(int(m.group(1)), {})[m.group(2)] = v
     return out
-
-
-def owner(d, c):
-    """The pid of the worker holding client c's connection, from /proc."""
-    lport = c.sock.getsockname()[1]
-    sport = c.sock.getpeername()[1]
-
-    def find():
-        inode = None
-        with open("/proc/net/tcp") as f:
-            for row in f.read().splitlines()[1:]:
-                col = row.split()
-                if (int(col[1].split(":")[1], 16) == sport and
-                        int(col[2].split(":")[1], 16) == lport and col[9] != "0"):
-                    inode = col[9]
-        if inode is None:
-            return None
-        for w in d.workers():
-            try:
-                for fd in os.listdir(f"/proc/{w}/fd"):
-                    if os.readlink(f"/proc/{w}/fd/{fd}") == f"socket:[{inode}]":
-                        return w
-            except OSError:
-                pass
-        return None
-    return wait_until(find, 5, f"the worker holding port {lport}")
 
 
 def test_stats_lines_then_end(forkd_factory):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import FORKD, Client, alive, children, wait_until
+from conftest import FORKD, Client, alive, children, wait_until, socket_inodes
 
 
 def start_with(d, argv, wait=True, pass_fds=(), preexec_fn=None):
@@ -33,21 +33,6 @@ def stats(d):
     return out
 
 
-def socket_inodes(pid):
-    out = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                out.add(int(link[8:-1]))
-    except OSError:
-        pass
-    return out
-
-
 def owner(d, client):
     """The worker pid holding the server side of a client's connection."""
     cport = client.sock.getsockname()[1]
@@ -58,7 +43,7 @@ def owner(d, client):
         inodes = [int(l.split()[9]) for l in f
                   if l.split()[1] == local and l.split()[2] == remote]
     for w in d.workers():
-        if set(inodes) & socket_inodes(w):
+        if set(inodes) & set(socket_inodes(w).values()):
             return w
     return None
 
