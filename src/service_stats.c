@@ -51,9 +51,11 @@ stats_all(struct session *s)
 		struct sb_slot *w = &scoreboard->slot[i];
 		int st = atomic_load(&w->state);
 
-		if (st == SLOT_FREE)
-			continue;
-		session_reply(s, "STAT worker.%d.pid %ld", i, (long)atomic_load(&w->pid));
+		pid_t pid = atomic_load(&w->pid);
+
+		if (st == SLOT_FREE || pid == 0)
+			continue;	/* free, or being forked this very moment */
+		session_reply(s, "STAT worker.%d.pid %ld", i, (long)pid);
 		session_reply(s, "STAT worker.%d.generation %u", i, atomic_load(&w->generation));
 		session_reply(s, "STAT worker.%d.state %s", i,
 		    st == SLOT_READY ? "ready" : st == SLOT_DRAINING ? "draining" : "starting");
