@@ -293,6 +293,18 @@ conn_die(struct session *c, enum conn_kill why)
 
 /* ---- input ---- */
 
+/* "quit" or "exit", in any case; trailing blanks and stray CRs (a telnet
+ * that sends CR CR LF) do not count */
+static bool
+is_quit(const char *line, size_t len)
+{
+	while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\t' ||
+	    line[len - 1] == '\r'))
+		len--;
+	return len == 4 && (strncasecmp(line, "quit", 4) == 0 ||
+	    strncasecmp(line, "exit", 4) == 0);
+}
+
 static int
 on_line(void *arg, char *line, size_t len)
 {
@@ -304,8 +316,7 @@ on_line(void *arg, char *line, size_t len)
 		return 0;
 	}
 	atomic_store_explicit(&c->last_line_ms, now_ms(), memory_order_relaxed);
-	if ((len == 4 && (strncasecmp(line, "quit", 4) == 0 ||
-	    strncasecmp(line, "exit", 4) == 0))) {
+	if (is_quit(line, len)) {
 		session_quit(c);
 		return -1;
 	}

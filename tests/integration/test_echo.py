@@ -24,7 +24,7 @@ def test_bytes_pass_through_unchanged(forkd):
 
 
 def test_quit_and_exit_say_bye_and_close(forkd):
-    for word in ("quit", "exit", "QUIT"):
+    for word in ("quit", "exit", "QUIT", "quit  ", "exit\r"):
         c = forkd.client()
         assert c.ask("first") == "Echo: first"
         c.send(word + "\nnot answered\n")
