@@ -33,7 +33,7 @@ static const char *const log_level_names[] = {
 };
 static const int log_level_prios[] = { LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG };
 
-static const struct setting global_settings[] = {
+const struct setting config_global_settings[] = {
 	{ "workers",		SET_INT, OFF(workers), 0, FK_MAX_WORKERS, 4, NULL, NULL },
 	{ "threads",		SET_INT, OFF(threads), 1, 1024, 8, NULL, NULL },
 	{ "max_connections",	SET_INT, OFF(max_connections), 1, 1000000, 10000, NULL, NULL },
@@ -54,7 +54,7 @@ static const struct setting global_settings[] = {
 	{ NULL, 0, 0, 0, 0, 0, NULL, NULL }
 };
 
-static const struct setting listener_settings[] = {
+const struct setting config_listener_settings[] = {
 	{ "address",	SET_STRING, LOFF(address), 0, 64, 0, NULL, NULL },
 	{ "port",	SET_INT, LOFF(port), 1, 65535, 0, NULL, NULL },
 	{ "service",	SET_STRING, LOFF(service_name), 0, 32, 0, NULL, NULL },
@@ -413,7 +413,7 @@ parse_listener(struct ctx *ctx, struct fk_config *cfg, const config_setting_t *l
 		return;
 	}
 	snprintf(where, sizeof(where), "listener %u", config_setting_index(ls) + 1);
-	parse_group(ctx, ls, where, listener_settings, l);
+	parse_group(ctx, ls, where, config_listener_settings, l);
 
 	if (config_setting_get_member(ls, "address") == NULL)
 		cfg_error(ctx, ls, "%s: 'address' is required (e.g. \"0.0.0.0\" or \"::\")", where);
@@ -529,7 +529,7 @@ config_build(struct ctx *ctx, config_t *lc)
 	if (cfg == NULL)
 		return NULL;
 	cfg->path = strdup(ctx->name);
-	apply_defaults(global_settings, cfg);
+	apply_defaults(config_global_settings, cfg);
 
 	extra[nextra++] = "listeners";
 	for (i = 0; services[i] != NULL && nextra < nitems(extra) - 1; i++)
@@ -545,7 +545,7 @@ config_build(struct ctx *ctx, config_t *lc)
 
 		cs = config_setting_get_elem(root, (unsigned)k);
 		name = config_setting_name(cs);
-		if ((s = find_setting(global_settings, name)) != NULL) {
+		if ((s = find_setting(config_global_settings, name)) != NULL) {
 			parse_setting(ctx, s, cs, cfg);
 			continue;
 		}
@@ -556,7 +556,7 @@ config_build(struct ctx *ctx, config_t *lc)
 		if (service_find(name) != NULL)
 			cfg_error(ctx, cs, "the %s service has no settings", name);
 		else
-			unknown_setting(ctx, cs, "", global_settings, extra);
+			unknown_setting(ctx, cs, "", config_global_settings, extra);
 	}
 
 	for (i = 0; services[i] != NULL; i++) {
@@ -587,6 +587,17 @@ config_build(struct ctx *ctx, config_t *lc)
 		    "listeners = ( { address = \"0.0.0.0\"; port = 5002; service = \"echo\"; } );");
 	else
 		parse_listeners(ctx, cfg, cs);
+
+	if ((long long)cfg->max_output < (long long)cfg->max_line + FK_OUTPUT_HEADROOM) {
+		cs = config_setting_get_member(root, "max_output");
+		if (cs == NULL)
+			cs = config_setting_get_member(root, "max_line");
+		cfg_error(ctx, cs, "'max_output' must be at least max_line + %d = %lld, "
+		    "so that the reply to one full line fits (got max_output = %d, "
+		    "max_line = %d)", FK_OUTPUT_HEADROOM,
+		    (long long)cfg->max_line + FK_OUTPUT_HEADROOM, cfg->max_output,
+		    cfg->max_line);
+	}
 
 	cfg->log_level = log_level_prios[cfg->log_level];
 	if (cfg->workers == 0) {
@@ -738,14 +749,14 @@ config_free(struct fk_config *cfg)
 	if (cfg == NULL)
 		return;
 	for (i = 0; i < cfg->nlisteners; i++)
-		free_strings(listener_settings, &cfg->listeners[i]);
+		free_strings(config_listener_settings, &cfg->listeners[i]);
 	free(cfg->listeners);
 	for (i = 0; services[i] != NULL && i < FK_MAX_SERVICES; i++) {
 		if (cfg->service_conf[i] != NULL)
 			free_strings(services[i]->settings, cfg->service_conf[i]);
 		free(cfg->service_conf[i]);
 	}
-	free_strings(global_settings, cfg);
+	free_strings(config_global_settings, cfg);
 	free(cfg->path);
 	free(cfg);
 }

@@ -15,6 +15,13 @@
 #define FK_MAX_SERVICES		16
 #define FK_MAX_CONFIG_BYTES	(1024 * 1024)
 #define FK_MAX_ERRORS		32
+/*
+ * max_output must hold one full-length line's reply with room to spare:
+ * the longest prefix a service puts before the line (echo.prefix, up to 256
+ * bytes; a chat "[nick] ", up to 35) and its CRLF.  With less, a client
+ * that reads at full speed is still dropped as too slow by one long line.
+ */
+#define FK_OUTPUT_HEADROOM	1024
 
 enum setting_type { SET_INT, SET_STRING, SET_BOOL, SET_ENUM };
 
@@ -76,6 +83,11 @@ struct config_errors {
 	int		 count;
 	int		 dropped;
 };
+
+/* The tables behind the file's top-level and per-listener keys,
+ * NULL-terminated (each service's own table is its .settings). */
+extern const struct setting config_global_settings[];
+extern const struct setting config_listener_settings[];
 
 /* Parse and validate; NULL and errs filled on failure. */
 struct fk_config *config_load(const char *path, struct config_errors *errs);

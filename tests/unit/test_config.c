@@ -1,5 +1,9 @@
 /* Configuration: defaults, every kind of mistake reported as FILE:LINE. */
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <libconfig.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -59,6 +63,145 @@ expect_file_error(const char *path, const char *want)
 	    strncmp(errs.msg[0], path, strlen(path)) == 0,
 	    "%s: wanted \"%s\", got \"%s\"", path, want, errs.count ? errs.msg[0] : "(ok)");
 	config_free(cfg);
+}
+
+/* Does a listener line of the text (one naming an address, commented out
+ * or not) set the key? */
+static bool
+listener_shows(const char *text, const char *name)
+{
+	const char *line, *end, *p;
+	size_t n = strlen(name);
+
+	for (line = text; *line != '\0'; line = *end ? end + 1 : end) {
+		end = strchr(line, '\n');
+		if (end == NULL)
+			end = line + strlen(line);
+		if (memmem(line, (size_t)(end - line), "address =", 9) == NULL)
+			continue;
+		for (p = line; (p = memmem(p, (size_t)(end - p), name, n)) != NULL; p++)
+			if ((p[-1] == ' ' || p[-1] == '{') && strncmp(p + n, " =", 2) == 0)
+				return true;
+	}
+	return false;
+}
+
+/* The value a table entry has in base, as text, to compare two structs. */
+static void
+value_text(const struct setting *s, const void *base, char *buf, size_t len)
+{
+	const char *p = (const char *)base + s->offset;
+
+	switch (s->type) {
+	case SET_INT:
+	case SET_ENUM:
+		snprintf(buf, len, "%d", *(const int *)(const void *)p);
+		break;
+	case SET_BOOL:
+		snprintf(buf, len, "%d", *(const bool *)(const void *)p);
+		break;
+	case SET_STRING:
+		snprintf(buf, len, "%s", *(char *const *)(const void *)p ?
+		    *(char *const *)(const void *)p : "(unset)");
+		break;
+	}
+}
+
+/*
+ * etc/forkd.conf, the file users start from, shows every key forkd knows
+ * (top level, per listener, every service group) with its default, and
+ * ships the four documented listeners.
+ */
+static void
+check_shipped_file(void)
+{
+	const char *srcdir = getenv("FORKD_SRCDIR");
+	char path[512], a[600], b[600], *text;
+	struct config_errors errs;
+	struct fk_config *cfg, *def;
+	const struct setting *s;
+	config_t lc;
+	size_t i;
+	FILE *f;
+	long n;
+
+	snprintf(path, sizeof(path), "%s/etc/forkd.conf", srcdir ? srcdir : "../..");
+	f = fopen(path, "r");
+	CHECK(f != NULL, "cannot read %s (set FORKD_SRCDIR)", path);
+	if (f == NULL)
+		return;
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	rewind(f);
+	text = calloc(1, (size_t)n + 1);
+	if (text == NULL || fread(text, 1, (size_t)n, f) != (size_t)n)
+		abort();
+	fclose(f);
+
+	cfg = config_load(path, &errs);
+	CHECK(cfg != NULL, "%s does not load: %s", path, errs.count ? errs.msg[0] : "?");
+	def = config_load_string("defaults", L_ECHO, &errs);
+	config_init(&lc);
+	CHECK(config_read_file(&lc, path) == CONFIG_TRUE, "libconfig reads %s", path);
+	if (cfg == NULL || def == NULL)
+		goto out;
+
+	/* every top-level key is set in the file, to its default */
+	for (s = config_global_settings; s->name != NULL; s++) {
+		CHECK(config_lookup(&lc, s->name) != NULL, "%s: no '%s'", path, s->name);
+		value_text(s, cfg, a, sizeof(a));
+		value_text(s, def, b, sizeof(b));
+		CHECK(strcmp(a, b) == 0, "%s: '%s' is %s, its default is %s", path,
+		    s->name, a, b);
+	}
+	/* every listener key is shown, in a listener or a commented example */
+	for (s = config_listener_settings; s->name != NULL; s++)
+		CHECK(listener_shows(text, s->name), "%s: listener key '%s' not shown", path,
+		    s->name);
+	/* every service group, each of its keys set to its default */
+	for (i = 0; services[i] != NULL; i++) {
+		const void *cv = cfg->service_conf[i], *dv = def->service_conf[i];
+
+		if (services[i]->settings == NULL)
+			continue;
+		CHECK(config_lookup(&lc, services[i]->name) != NULL, "%s: no %s group",
+		    path, services[i]->name);
+		for (s = services[i]->settings; s->name != NULL; s++) {
+			char key[128];
+
+			snprintf(key, sizeof(key), "%s.%s", services[i]->name, s->name);
+			CHECK(config_lookup(&lc, key) != NULL, "%s: no '%s'", path, key);
+			value_text(s, cv, a, sizeof(a));
+			value_text(s, dv, b, sizeof(b));
+			CHECK(strcmp(a, b) == 0, "%s: '%s' is %s, its default is %s", path,
+			    key, a, b);
+		}
+	}
+	/* the documented listeners: echo, stats on loopback only, calc, chat */
+	CHECK(cfg->nlisteners == 4, "%s: %zu listeners", path, cfg->nlisteners);
+	if (cfg->nlisteners == 4) {
+		static const struct { const char *svc, *addr; int port; } want[] = {
+			{ "echo", "0.0.0.0", 5002 }, { "stats", "127.0.0.1", 5003 },
+			{ "calc", "0.0.0.0", 5004 }, { "chat", "0.0.0.0", 5005 },
+		};
+
+		for (i = 0; i < 4; i++) {
+			const struct fk_listener *l = &cfg->listeners[i];
+
+			CHECK(strcmp(l->service_name, want[i].svc) == 0 &&
+			    strcmp(l->address, want[i].addr) == 0 && l->port == want[i].port,
+			    "%s: listener %zu is %s %s:%d, not %s %s:%d", path, i + 1,
+			    l->service_name, l->address, l->port, want[i].svc, want[i].addr,
+			    want[i].port);
+			CHECK(l->banner == NULL && l->idle_timeout == cfg->idle_timeout,
+			    "%s: listener %zu overrides a default", path, i + 1);
+		}
+	}
+out:
+	config_destroy(&lc);
+	config_free(cfg);
+	config_free(def);
+	free(text);
 }
 
 int
@@ -152,6 +295,20 @@ main(void)
 	expect_error(L_ECHO "chat = { max_rooms = 0; };\n", "'chat.max_rooms' must be between 1");
 	expect_error("listeners = (\n { address = \"127.0.0.1\"; port = 7; service = \"echo\"; "
 	    "banner = \"a\\nb\"; } );\n", "'banner' must not contain a line break");
+	/* max_output must hold the reply to one full line and some prefix */
+	expect_error("max_line = 8192;\nmax_output = 4096;\n" L_ECHO,
+	    "t.conf:2: 'max_output' must be at least max_line + 1024 = 9216");
+	expect_error("\nmax_line = 300000;\n" L_ECHO,
+	    "t.conf:2: 'max_output' must be at least max_line + 1024 = 301024, "
+	    "so that the reply to one full line fits (got max_output = 262144");
+	expect_error("max_output = 9215;\n" L_ECHO, "t.conf:1: 'max_output' must be at least");
+	cfg = expect_ok("max_output = 9216;\n" L_ECHO);
+	config_free(cfg);
+	cfg = expect_ok("max_line = 3072;\nmax_output = 4096;\n" L_ECHO);
+	config_free(cfg);
+
+	check_shipped_file();
+
 	/* several mistakes: all of them reported */
 	{
 		struct config_errors errs;
