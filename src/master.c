@@ -92,6 +92,7 @@ static struct {
 	int		 failed_starts;
 	uint64_t	 backoff_ms;
 	uint64_t	 backoff_until;
+	bool		 note_backoff;	/* the note is the crash-loop one */
 	uint64_t	 last_status_ms;
 	uint64_t	 wd_interval_ms;
 	uint64_t	 wd_last_ms;
@@ -296,6 +297,7 @@ reload_failed(const char *why)
 	log_err("reload failed: %s", why);
 	atomic_fetch_add(&scoreboard->reload_failures, 1);
 	snprintf(M.note, sizeof(M.note), "reload failed: %s", why);
+	M.note_backoff = false;
 	update_status(true);
 	notify_ready();
 	ctl_answer(false, M.note);
@@ -483,6 +485,7 @@ reload_settled(void)
 	atomic_fetch_add(&scoreboard->reloads, 1);
 	snprintf(M.note, sizeof(M.note), "reloaded: generation %u, %d workers", M.cur.id,
 	    M.target);
+	M.note_backoff = false;
 	log_info("%s", M.note);
 	notify_status("%s", M.note);
 	notify_ready();
@@ -547,6 +550,12 @@ on_worker_news(void)
 			w->ready = true;
 			M.failed_starts = 0;
 		}
+	}
+	if (M.note_backoff && live_workers(M.cur.id, true) >= M.target) {
+		/* serving at full strength again: the crash-loop note is history */
+		M.note_backoff = false;
+		M.note[0] = '\0';
+		update_status(true);
 	}
 	handle_recycles();
 	if (M.next.cfg != NULL && live_workers(M.next.id, true) >= M.next.cfg->workers)
@@ -628,6 +637,7 @@ reap(void)
 			M.backoff_until = now_ms() + M.backoff_ms;
 			snprintf(M.note, sizeof(M.note), "workers dying at start: next in %llu ms",
 			    (unsigned long long)M.backoff_ms);
+			M.note_backoff = true;
 			log_warnx("%s", M.note);
 			update_status(true);
 		} else {
@@ -760,6 +770,14 @@ on_tick(void)
 		return;
 	}
 	check_heartbeats(now);
+	/* workers up for FAST_DEATH_MS since the last delayed start: the next
+	 * early death begins a new series at BACKOFF_FIRST_MS */
+	if (M.backoff_ms != 0 && now >= M.backoff_until + FAST_DEATH_MS &&
+	    live_workers(M.cur.id, true) >= M.target) {
+		M.backoff_ms = 0;
+		M.backoff_until = 0;
+		log_info("workers up for %d ms: crash-loop backoff reset", FAST_DEATH_MS);
+	}
 	handle_recycles();
 	if (M.next.cfg != NULL && now >= M.next_deadline) {
 		abandon_next();

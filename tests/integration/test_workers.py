@@ -104,6 +104,62 @@ def test_kill_9_replaced_at_once_others_unaffected(forkd_factory):
     print(f"replaced in {replaced_in * 1000:.0f} ms")
 
 
+def test_crash_loop_backoff_doubles_then_clears(forkd_factory, capsys):
+    """Workers killed soon after they start are replaced after 100, 200, 400 ms,
+    which the log and STATUS= say; once they serve again STATUS= drops the note,
+    and after a quiet spell the next early death starts again at 100 ms."""
+    d = forkd_factory([{"service": "echo"}, {"service": "stats"}], workers=2, threads=2)
+    survivor, victim = d.workers()
+    seen = {survivor}
+    delays = []
+
+    def kill_fresh(expect_ms):
+        nonlocal victim
+        start = len(d.notify.messages)
+        t0 = time.monotonic()
+        before = len(re.findall(r"next in \d+ ms", d.log()))
+        os.kill(victim, signal.SIGKILL)
+        seen.add(victim)
+        wait_until(lambda: len(re.findall(r"next in \d+ ms", d.log())) > before, 3,
+                   "the backoff in the log")
+        assert re.findall(r"workers dying at start: next in (\d+) ms", d.log())[-1] == \
+            str(expect_ms), d.log()
+        d.notify.wait_for(f"STATUS=workers dying at start: next in {expect_ms} ms",
+                          start=start)
+        new = wait_until(lambda: [w for w in d.workers() if w not in seen], 3,
+                         "the replacement")
+        delays.append(time.monotonic() - t0)
+        # never sooner than the backoff it announced
+        assert delays[-1] >= expect_ms / 1000 * 0.9, (expect_ms, delays)
+        victim = new[0]
+        seen.add(victim)
+
+    for ms in (100, 200, 400):
+        kill_fresh(ms)
+    assert not logged(d, r"next in 800 ms")
+    after = len(d.notify.messages)
+    # the replacement serves: STATUS= is the plain counts again, and stays so
+    clean = d.notify.wait_for("STATUS=2 workers", start=after, timeout=5)
+    wait_until(lambda: stats(d)["workers_ready"] == "2", 3, "two ready workers")
+    assert survivor in d.workers()
+    assert d.client().ask("x") == "Echo: x"
+    d.notify.wait_for("STATUS=", start=clean + 1, timeout=3)   # served went up
+    assert not [m for m in d.notify.messages[clean:] if "dying" in m], \
+        d.notify.messages[clean:]
+    # workers up for two seconds: the next early death starts again at 100 ms
+    wait_until(lambda: logged(d, r"crash-loop backoff reset"), 5, "the backoff reset")
+    d.signal(signal.SIGTTIN)
+    victim = wait_until(lambda: [w for w in d.workers() if w not in seen], 3,
+                        "the SIGTTIN worker")[0]
+    kill_fresh(100)
+    assert len(re.findall(r"next in 100 ms", d.log())) == 2
+    assert not logged(d, r"next in 800 ms"), "the backoff did not start over"
+    with capsys.disabled():
+        print("\n[crash loop] kill -9 to replacement: "
+              + ", ".join(f"{t * 1000:.0f} ms" for t in delays)
+              + " (backoff 100, 200, 400, then 100 after the reset)")
+
+
 @pytest.mark.parametrize("workers", [1, 2, 4])
 def test_gives_up_when_workers_cannot_start(forkd_factory, workers):
     """In a user namespace where only root is mapped, forkd believes it is root
