@@ -4,7 +4,7 @@
  * A request is an operation and its operands, separated by commas and/or
  * runs of spaces and tabs: "add,7,4", "add 7 4", "ADD, 7, 4".  A lone number
  * is squared.  Integers are signed 64-bit and never wrap: a literal or a
- * result that does not fit is "ERR overflow", never a wrong number.  As soon
+ * result that does not fit is "ERR overflow (...)", never a wrong number.  As soon
  * as one operand is written with a decimal point or an exponent, the whole
  * operation is done in double and printed with at most 15 significant
  * digits, which is all a double can promise to round-trip.
@@ -54,6 +54,13 @@ static const struct calc_opdef calc_ops[] = {
 static const struct calc_opdef *const calc_bare = &calc_ops[4];
 
 enum num_kind { NUM_BAD, NUM_INT, NUM_DEC };
+
+/* Every error says what was wrong and what is accepted. */
+#define E_INT_OVERFLOW	"overflow (integers must stay within " \
+			"-9223372036854775808..9223372036854775807)"
+#define E_DEC_OVERFLOW	"overflow (decimals must stay within about -1.8e308..1.8e308)"
+#define E_DIV_ZERO	"division by zero (the divisor must not be 0)"
+#define E_NOT_NUMBER	"not a number: '%s' (expected e.g. 7, -3 or 2.5)"
 
 static int	 reply_err(char *, size_t, const char *, ...)
 		    __attribute__((format(printf, 3, 4)));
@@ -292,7 +299,7 @@ static int
 reply_double(char *out, size_t outsz, double v)
 {
 	if (!isfinite(v))
-		return reply_err(out, outsz, "overflow");
+		return reply_err(out, outsz, E_DEC_OVERFLOW);
 	if (v == 0)
 		v = 0;		/* no "-0" */
 	snprintf(out, outsz, "%.15g", v);
@@ -321,9 +328,9 @@ eval_int(const struct calc_opdef *op, const int64_t *a, char *out,
 		break;
 	case OP_DIV:
 		if (a[1] == 0)
-			return reply_err(out, outsz, "division by zero");
+			return reply_err(out, outsz, E_DIV_ZERO);
 		if (a[0] == INT64_MIN && a[1] == -1)
-			return reply_err(out, outsz, "overflow");
+			return reply_err(out, outsz, E_INT_OVERFLOW);
 		if (a[0] % a[1] != 0)
 			/* long double keeps all 64 bits on x86 */
 			return reply_double(out, outsz,
@@ -332,7 +339,7 @@ eval_int(const struct calc_opdef *op, const int64_t *a, char *out,
 		break;
 	}
 	if (ovf)
-		return reply_err(out, outsz, "overflow");
+		return reply_err(out, outsz, E_INT_OVERFLOW);
 	return reply_int(out, outsz, r);
 }
 
@@ -357,7 +364,7 @@ eval_double(const struct calc_opdef *op, const double *a, char *out,
 		break;
 	case OP_DIV:
 		if (a[1] == 0)
-			return reply_err(out, outsz, "division by zero");
+			return reply_err(out, outsz, E_DIV_ZERO);
 		r = a[0] / a[1];
 		break;
 	}
@@ -388,9 +395,10 @@ calc_eval(const char *line, size_t len, char *out, size_t outsz)
 		args = &tok[1];
 		nargs = ntok - 1;
 		if (nargs != op->operands)
-			return reply_err(out, outsz, "%s needs %zu number%s",
-			    op->name, op->operands,
-			    op->operands == 1 ? "" : "s");
+			return reply_err(out, outsz, "%s needs %zu number%s "
+			    "(e.g. %s %s)", op->name, op->operands,
+			    op->operands == 1 ? "" : "s", op->name,
+			    op->operands == 1 ? "67" : "7 4");
 	} else if (looks_numeric(&tok[0])) {
 		if (ntok > 1)
 			return reply_err(out, outsz, "missing operation "
@@ -407,7 +415,7 @@ calc_eval(const char *line, size_t len, char *out, size_t outsz)
 	for (i = 0; i < nargs; i++) {
 		switch (classify(&args[i])) {
 		case NUM_BAD:
-			return reply_err(out, outsz, "not a number: '%s'",
+			return reply_err(out, outsz, E_NOT_NUMBER,
 			    quote(&args[i], q, sizeof(q)));
 		case NUM_DEC:
 			dec = true;
@@ -425,10 +433,10 @@ calc_eval(const char *line, size_t len, char *out, size_t outsz)
 		for (i = 0; i < nargs; i++) {
 			switch (parse_double(&args[i], &dv[i])) {
 			case -1:
-				return reply_err(out, outsz, "overflow");
+				return reply_err(out, outsz, E_DEC_OVERFLOW);
 			case -2:
 				return reply_err(out, outsz,
-				    "not a number: '%s'",
+				    E_NOT_NUMBER,
 				    quote(&args[i], q, sizeof(q)));
 			}
 		}
@@ -436,6 +444,6 @@ calc_eval(const char *line, size_t len, char *out, size_t outsz)
 	}
 	for (i = 0; i < nargs; i++)
 		if (parse_int(&args[i], &iv[i]) == -1)
-			return reply_err(out, outsz, "overflow");
+			return reply_err(out, outsz, E_INT_OVERFLOW);
 	return eval_int(op, iv, out, outsz);
 }

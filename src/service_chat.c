@@ -179,6 +179,18 @@ join_error(int rc)
 	}
 }
 
+/* What the client can do instead, for an ERR line after join_error(). */
+static const char *
+join_hint(int rc)
+{
+	switch (rc) {
+	case CHAN_TAKEN:	return "change yours first with /nick NAME";
+	case CHAN_ROOM_FULL:	return "try another room (/rooms lists them)";
+	case CHAN_TOO_MANY:	return "join one that exists (/rooms lists them)";
+	default:		return "try again later";
+	}
+}
+
 /* Enter a room the shared member list already holds us in: from now on
  * its lines reach us, and the room hears of it. */
 static int
@@ -278,7 +290,8 @@ cmd_nick(struct session *s, struct member *m, const char *arg, size_t len)
 		snprintf(room, sizeof(room), "%s", m->room->name);
 		rc = chan_rename(room, m->nick, arg);
 		if (rc != CHAN_OK) {
-			session_reply(s, "ERR nick '%s' is taken in %s", arg, room);
+			session_reply(s, "ERR nick '%s' is taken in %s: choose another "
+			    "with /nick NAME", arg, room);
 			return;
 		}
 		snprintf(old, sizeof(old), "%s", m->nick);
@@ -312,14 +325,16 @@ cmd_join(struct session *s, struct member *m, const char *arg, size_t len)
 	/* check the new room first, so a refused join leaves us where we were */
 	rc = chan_join(arg, m->nick);
 	if (rc != CHAN_OK) {
-		session_reply(s, "ERR cannot join %s: %s", arg, join_error(rc));
+		session_reply(s, "ERR cannot join %s: %s; %s", arg, join_error(rc),
+		    join_hint(rc));
 		return;
 	}
 	chan_leave(arg, m->nick);
 	leave(m, "");
 	rc = enter(m, arg);
 	if (rc != CHAN_OK) {
-		session_reply(s, "ERR cannot join %s: %s", arg, join_error(rc));
+		session_reply(s, "ERR cannot join %s: %s; %s", arg, join_error(rc),
+		    join_hint(rc));
 		if (old[0] != '\0' && enter(m, old) == CHAN_OK)
 			session_reply(s, "* you are back in %s", old);
 		return;

@@ -8,6 +8,19 @@ MIN = -9223372036854775808         # INT64_MIN
 UNKNOWN = "(use add, sub, mul, div, square or a number)"
 MISSING_OP = "ERR missing operation (try: add 7 4; a lone number is squared)"
 EMPTY = "ERR empty request (try: add 7 4)"
+# every error says what is accepted, too
+OVERFLOW = f"ERR overflow (integers must stay within {MIN}..{MAX})"
+DEC_OVERFLOW = "ERR overflow (decimals must stay within about -1.8e308..1.8e308)"
+DIV_ZERO = "ERR division by zero (the divisor must not be 0)"
+
+
+def nan(tok):
+    return f"ERR not a number: '{tok}' (expected e.g. 7, -3 or 2.5)"
+
+
+def needs(op, n):
+    example = "67" if n == 1 else "7 4"
+    return f"ERR {op} needs {n} number{'s' if n > 1 else ''} (e.g. {op} {example})"
 
 
 @pytest.fixture
@@ -92,7 +105,7 @@ def test_exact_64_bit_edges(calc):
         (f"div {MIN} 1", str(MIN)),
         (f"div {MAX} -1", str(-MAX)),
         (f"div {MIN} 2", "-4611686018427387904"),
-        (f"square {MIN}", "ERR overflow"),
+        (f"square {MIN}", OVERFLOW),
         # 256 characters is still a number
         ("add " + "0" * 255 + "1 1", "2"),
     ])
@@ -100,26 +113,26 @@ def test_exact_64_bit_edges(calc):
 
 def test_overflow_is_refused_never_wrapped(calc):
     check(calc, [
-        (f"add {MAX} 1", "ERR overflow"),
-        (f"add 1 {MAX}", "ERR overflow"),
-        (f"add {MIN} -1", "ERR overflow"),
-        (f"sub {MIN} 1", "ERR overflow"),
-        (f"sub 0 {MIN}", "ERR overflow"),
-        ("mul 4294967296 4294967296", "ERR overflow"),
-        ("mul 4611686018427387904 2", "ERR overflow"),
-        (f"mul {MIN} -1", "ERR overflow"),
-        ("square 3037000500", "ERR overflow"),
-        ("3037000500", "ERR overflow"),
+        (f"add {MAX} 1", OVERFLOW),
+        (f"add 1 {MAX}", OVERFLOW),
+        (f"add {MIN} -1", OVERFLOW),
+        (f"sub {MIN} 1", OVERFLOW),
+        (f"sub 0 {MIN}", OVERFLOW),
+        ("mul 4294967296 4294967296", OVERFLOW),
+        ("mul 4611686018427387904 2", OVERFLOW),
+        (f"mul {MIN} -1", OVERFLOW),
+        ("square 3037000500", OVERFLOW),
+        ("3037000500", OVERFLOW),
         # literals that do not fit are refused, not clamped
-        ("add 9223372036854775808 0", "ERR overflow"),
-        ("add -9223372036854775809 0", "ERR overflow"),
-        ("9223372036854775808", "ERR overflow"),
-        (f"div {MIN} -1", "ERR overflow"),
+        ("add 9223372036854775808 0", OVERFLOW),
+        ("add -9223372036854775809 0", OVERFLOW),
+        ("9223372036854775808", OVERFLOW),
+        (f"div {MIN} -1", OVERFLOW),
         # decimals overflow too, instead of printing inf
-        ("1e999", "ERR overflow"),
-        ("add 1e999 1", "ERR overflow"),
-        ("mul 1e200 1e200", "ERR overflow"),
-        ("square 1e200", "ERR overflow"),
+        ("1e999", DEC_OVERFLOW),
+        ("add 1e999 1", DEC_OVERFLOW),
+        ("mul 1e200 1e200", DEC_OVERFLOW),
+        ("square 1e200", DEC_OVERFLOW),
     ])
 
 
@@ -144,34 +157,34 @@ def test_decimals(calc):
 
 def test_errors_have_exact_lines(calc):
     check(calc, [
-        ("div 1 0", "ERR division by zero"),
-        ("div 1.5 0", "ERR division by zero"),
-        ("div 1 0.0", "ERR division by zero"),
+        ("div 1 0", DIV_ZERO),
+        ("div 1.5 0", DIV_ZERO),
+        ("div 1 0.0", DIV_ZERO),
         ("pow 2 3", f"ERR unknown operation 'pow' {UNKNOWN}"),
         ("hello", f"ERR unknown operation 'hello' {UNKNOWN}"),
         ("x" * 40 + " 1 2", f"ERR unknown operation '{'x' * 32}...' {UNKNOWN}"),
-        ("add 7", "ERR add needs 2 numbers"),
-        ("add", "ERR add needs 2 numbers"),
-        ("add 1 2 3", "ERR add needs 2 numbers"),
-        ("sub 1", "ERR sub needs 2 numbers"),
-        ("mul 1 2 3 4 5", "ERR mul needs 2 numbers"),
-        ("div 5", "ERR div needs 2 numbers"),
-        ("square", "ERR square needs 1 number"),
-        ("square 2 3", "ERR square needs 1 number"),
+        ("add 7", needs("add", 2)),
+        ("add", needs("add", 2)),
+        ("add 1 2 3", needs("add", 2)),
+        ("sub 1", needs("sub", 2)),
+        ("mul 1 2 3 4 5", needs("mul", 2)),
+        ("div 5", needs("div", 2)),
+        ("square", needs("square", 1)),
+        ("square 2 3", needs("square", 1)),
         ("7 4", MISSING_OP),
-        ("add one 2", "ERR not a number: 'one'"),
-        ("add 2 two", "ERR not a number: 'two'"),
-        ("add,,2", "ERR not a number: ''"),
-        ("add 0x10 1", "ERR not a number: '0x10'"),
-        ("add --7 1", "ERR not a number: '--7'"),
-        ("add 1e 1", "ERR not a number: '1e'"),
-        ("nan", "ERR not a number: 'nan'"),
-        ("NaN", "ERR not a number: 'NaN'"),
-        ("inf", "ERR not a number: 'inf'"),
-        ("-inf", "ERR not a number: '-inf'"),
-        ("add nan 1", "ERR not a number: 'nan'"),
-        ("add 1 inf", "ERR not a number: 'inf'"),
-        ("1x", "ERR not a number: '1x'"),
+        ("add one 2", nan("one")),
+        ("add 2 two", nan("two")),
+        ("add,,2", nan("")),
+        ("add 0x10 1", nan("0x10")),
+        ("add --7 1", nan("--7")),
+        ("add 1e 1", nan("1e")),
+        ("nan", nan("nan")),
+        ("NaN", nan("NaN")),
+        ("inf", nan("inf")),
+        ("-inf", nan("-inf")),
+        ("add nan 1", nan("nan")),
+        ("add 1 inf", nan("inf")),
+        ("1x", nan("1x")),
         ("add " + "1" * 257 + " 1",
          f"ERR number too long: '{'1' * 32}...' (at most 256 characters)"),
         ("", EMPTY),
@@ -182,7 +195,7 @@ def test_errors_have_exact_lines(calc):
 
 def test_unprintable_bytes_are_not_echoed_back(calc):
     calc.send(b"add \x01\x1b[2J 1\n")
-    assert calc.line() == "ERR not a number: '??[2J'"
+    assert calc.line() == nan("??[2J")
     calc.send(b"\xff\xfe 1 2\n")
     assert calc.line() == f"ERR unknown operation '??' {UNKNOWN}"
     # the session is still good afterwards

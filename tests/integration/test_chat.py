@@ -12,6 +12,8 @@ WELCOME = re.compile(r"\* welcome to forkd chat: you are (guest\d+) in room (\S+
 COMMANDS = "* commands: /nick NAME, /join ROOM, /who, /rooms, /quit"
 BAD_NICK = "ERR bad nick: use 1-32 letters, digits, '_', '-' or '.'"
 BAD_ROOM = "ERR bad room name: use 1-32 letters, digits, '_', '-' or '.'"
+ROOM_FULL = "ERR cannot join lobby: that room is full; try another room (/rooms lists them)"
+TOO_MANY = "ERR cannot join {}: too many rooms; join one that exists (/rooms lists them)"
 
 
 ANNOUNCE = re.compile(r"\* (?!you )\S+ (joined \S+|left \S+|is now known as \S+)")
@@ -197,7 +199,8 @@ def test_nick(forkd_factory):
     assert b.line() == f"* {guest} is now known as alice"
     assert a.ask("/nick alice") == "* you are already alice"
     # unique in the room
-    assert b.ask("/nick alice") == "ERR nick 'alice' is taken in lobby"
+    assert b.ask("/nick alice") == \
+        "ERR nick 'alice' is taken in lobby: choose another with /nick NAME"
     assert b.ask(f"/nick {guest}") == f"* you are now {guest}"   # freed by alice
     assert a.line() == f"* {b.nick} is now known as {guest}"
     b.nick = guest
@@ -211,6 +214,24 @@ def test_nick(forkd_factory):
     # messages carry the new nick
     b.send("hello\n")
     assert a.line() == f"[{ok}] hello"
+
+
+def test_nick_unique_across_workers(forkd_factory):
+    """Two members held by different worker processes cannot share a nick:
+    the room's member list is the whole daemon's, not one worker's."""
+    d = forkd_factory([{"service": "chat"}], workers=2, threads=2)
+    ms = spread(d, 2, each=1)
+    a = ms[0]
+    b = next(m for m in ms if m.worker != a.worker)
+    assert ask(b, f"/nick {a.nick}") == \
+        f"ERR nick '{a.nick}' is taken in lobby: choose another with /nick NAME"
+    # the nick is free again, for a member on another worker, once its
+    # owner leaves
+    assert ask(b, "/nick bob") == "* you are now bob"
+    a.send("/quit\n")
+    until(a, "Bye")
+    wait_until(lambda: a.nick not in who(b)[2], 5, f"{a.nick} to leave")
+    assert ask(b, f"/nick {a.nick}") == f"* you are now {a.nick}"
 
 
 def test_join_who_rooms(forkd_factory):
@@ -238,7 +259,8 @@ def test_join_who_rooms(forkd_factory):
     c = member(d)
     assert c.ask("/nick alice") == "* you are now alice"
     # ... so a move into a room where the nick is taken is refused, in place
-    assert c.ask("/join dev") == "ERR cannot join dev: that nick is taken in that room"
+    assert c.ask("/join dev") == \
+        "ERR cannot join dev: that nick is taken in that room; change yours first with /nick NAME"
     assert who(c)[1:] == ("lobby", {"alice"})
     # commands in any case; unknown ones are refused
     assert c.ask("/WHO") == "* lobby (1): alice"
@@ -521,9 +543,9 @@ def test_max_members(forkd_factory):
     assert m
     assert c.line() == COMMANDS
     assert who(a)[2] == {"alice", "bob"}
-    assert ask(c, "/join lobby") == "ERR cannot join lobby: that room is full"
+    assert ask(c, "/join lobby") == ROOM_FULL
     assert ask(c, "/join dev") == "* you joined dev"
-    assert ask(c, "/join lobby") == "ERR cannot join lobby: that room is full"
+    assert ask(c, "/join lobby") == ROOM_FULL
     assert who(c)[1] == "dev"              # a refused move stays put
     # a place frees up
     b.send("/quit\n")
@@ -531,7 +553,7 @@ def test_max_members(forkd_factory):
 
     def joined():
         r = ask(c, "/join lobby")
-        assert r in ("* you joined lobby", "ERR cannot join lobby: that room is full"), r
+        assert r in ("* you joined lobby", ROOM_FULL), r
         return r == "* you joined lobby"
     wait_until(joined, 5, "a place in the lobby")
     assert who(a)[2] == {"alice", m.group(1)}
@@ -544,7 +566,7 @@ def test_max_rooms(forkd_factory):
     c = member(d, "carol")
     settle([a, b, c])
     assert ask(b, "/join dev") == "* you joined dev"
-    assert ask(c, "/join ops") == "ERR cannot join ops: too many rooms"
+    assert ask(c, "/join ops") == TOO_MANY.format("ops")
     assert who(c)[1] == "lobby"
     assert rooms(c) == {"lobby": 2, "dev": 1}
     # joining an existing room is fine
@@ -557,4 +579,4 @@ def test_max_rooms(forkd_factory):
     x = member(d1)
     y = member(d1)
     settle([x, y])
-    assert ask(x, "/join dev") == "ERR cannot join dev: too many rooms"
+    assert ask(x, "/join dev") == TOO_MANY.format("dev")

@@ -30,9 +30,13 @@ struct tcase {
 
 #define E_UNKNOWN(tok)	"ERR unknown operation '" tok \
 			"' (use add, sub, mul, div, square or a number)"
-#define E_NAN(tok)	"ERR not a number: '" tok "'"
-#define E_OVERFLOW	"ERR overflow"
-#define E_DIVZERO	"ERR division by zero"
+#define E_NAN(tok)	"ERR not a number: '" tok "' (expected e.g. 7, -3 or 2.5)"
+#define E_OVERFLOW	"ERR overflow (integers must stay within " \
+			"-9223372036854775808..9223372036854775807)"
+#define E_DOVERFLOW	"ERR overflow (decimals must stay within about -1.8e308..1.8e308)"
+#define E_DIVZERO	"ERR division by zero (the divisor must not be 0)"
+#define E_NEEDS2(op)	"ERR " op " needs 2 numbers (e.g. " op " 7 4)"
+#define E_NEEDS1(op)	"ERR " op " needs 1 number (e.g. " op " 67)"
 #define E_EMPTY		"ERR empty request (try: add 7 4)"
 #define E_NOOP		"ERR missing operation (try: add 7 4; a lone number is squared)"
 
@@ -189,16 +193,16 @@ static const struct tcase cases[] = {
 	OK("square -0.0", "0"),
 
 	/* double overflow and underflow */
-	ERR("mul 1e200 1e200", E_OVERFLOW),
-	ERR("mul -1e200 1e200", E_OVERFLOW),
-	ERR("square 1e200", E_OVERFLOW),
-	ERR("1e200", E_OVERFLOW),
-	ERR("add 1.7e308 1.7e308", E_OVERFLOW),
-	ERR("sub -1.7e308 1.7e308", E_OVERFLOW),
-	ERR("div 1e300 1e-300", E_OVERFLOW),
-	ERR("1e999", E_OVERFLOW),
-	ERR("add 1e999 1", E_OVERFLOW),
-	ERR("add 1 -1e999", E_OVERFLOW),
+	ERR("mul 1e200 1e200", E_DOVERFLOW),
+	ERR("mul -1e200 1e200", E_DOVERFLOW),
+	ERR("square 1e200", E_DOVERFLOW),
+	ERR("1e200", E_DOVERFLOW),
+	ERR("add 1.7e308 1.7e308", E_DOVERFLOW),
+	ERR("sub -1.7e308 1.7e308", E_DOVERFLOW),
+	ERR("div 1e300 1e-300", E_DOVERFLOW),
+	ERR("1e999", E_DOVERFLOW),
+	ERR("add 1e999 1", E_DOVERFLOW),
+	ERR("add 1 -1e999", E_DOVERFLOW),
 	OK("add 1e-999 1", "1"),
 	OK("mul 1e-200 1e-200", "0"),
 	OK("mul -1e-200 1e-200", "0"),
@@ -236,19 +240,19 @@ static const struct tcase cases[] = {
 	ERR("'quoted'", E_UNKNOWN("'quoted'")),
 
 	/* operand counts */
-	ERR("add", "ERR add needs 2 numbers"),
-	ERR("add 1", "ERR add needs 2 numbers"),
-	ERR("ADD 1", "ERR add needs 2 numbers"),
-	ERR("add 1 2 3", "ERR add needs 2 numbers"),
-	ERR("add 1 2,", "ERR add needs 2 numbers"),
-	ERR("add 1,000 2", "ERR add needs 2 numbers"),
-	ERR("add 1 2 3 4 5 6 7 8 9", "ERR add needs 2 numbers"),
-	ERR("sub 1", "ERR sub needs 2 numbers"),
-	ERR("mul", "ERR mul needs 2 numbers"),
-	ERR("div 1", "ERR div needs 2 numbers"),
-	ERR("div 1 2 0", "ERR div needs 2 numbers"),
-	ERR("square", "ERR square needs 1 number"),
-	ERR("square 1 2", "ERR square needs 1 number"),
+	ERR("add", E_NEEDS2("add")),
+	ERR("add 1", E_NEEDS2("add")),
+	ERR("ADD 1", E_NEEDS2("add")),
+	ERR("add 1 2 3", E_NEEDS2("add")),
+	ERR("add 1 2,", E_NEEDS2("add")),
+	ERR("add 1,000 2", E_NEEDS2("add")),
+	ERR("add 1 2 3 4 5 6 7 8 9", E_NEEDS2("add")),
+	ERR("sub 1", E_NEEDS2("sub")),
+	ERR("mul", E_NEEDS2("mul")),
+	ERR("div 1", E_NEEDS2("div")),
+	ERR("div 1 2 0", E_NEEDS2("div")),
+	ERR("square", E_NEEDS1("square")),
+	ERR("square 1 2", E_NEEDS1("square")),
 	ERR("square,", E_NAN("")),
 	ERR("7 4", E_NOOP),
 	ERR("7,4", E_NOOP),
@@ -276,7 +280,7 @@ static const struct tcase cases[] = {
 	ERR("add --1 2", E_NAN("--1")),
 	ERR("+-1", E_NAN("+-1")),
 	ERR("add,,2", E_NAN("")),
-	ERR("add 1,,", "ERR add needs 2 numbers"),
+	ERR("add 1,,", E_NEEDS2("add")),
 	ERR("add , , 2", E_NAN("")),
 	ERR("add 1,", E_NAN("")),
 	ERR("add 1e 2", E_NAN("1e")),
@@ -301,7 +305,7 @@ static const struct tcase cases[] = {
 	ERR("-add", E_NAN("-add")),
 	ERR(".", E_NAN(".")),
 	ERR("add 1 \xd9\xa1", E_NAN("??")),
-	ERR("add 1 2\r", "ERR not a number: '2?'"),
+	ERR("add 1 2\r", E_NAN("2?")),
 	ERR("add one 9223372036854775808", E_NAN("one")),
 	ERR("add 9223372036854775808 one", E_NAN("one")),
 
@@ -575,7 +579,7 @@ static void
 test_against_int128(void)
 {
 	static const char *const names[] = { "add", "sub", "mul", "div", "square" };
-	char		 in[128], out[OUTSZ], want[64];
+	char		 in[128], out[OUTSZ], want[OUTSZ];
 	int		 i, rc, bad = 0;
 
 	for (i = 0; i < 200000; i++) {
