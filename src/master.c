@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
@@ -80,6 +81,8 @@ static struct {
 	char		 ctlpath[108];
 	int		 ctl_clients[MAX_CTL_CLIENTS];
 	bool		 ctl_waiting[MAX_CTL_CLIENTS];
+	unsigned	 ctl_seq[MAX_CTL_CLIENTS];	/* the reload each one waits for */
+	unsigned	 reload_seq;	/* reloads started (the file read) so far */
 
 	struct wk	 wk[FK_MAX_SLOTS];
 	bool		 ready_sent;
@@ -273,15 +276,22 @@ ensure_workers(void)
 
 /* ---- reload bookkeeping for the control socket ---- */
 
+static void start_reload(void);
+
+/*
+ * Answer the clients waiting for reload number upto or an earlier one.  A
+ * request that came while a reload was under way waits for the next one,
+ * which reads the file after the request: its answer is about that file.
+ */
 static void
-ctl_answer(bool ok, const char *msg)
+ctl_answer(unsigned upto, bool ok, const char *msg)
 {
 	char line[512];
 	int i, n;
 
 	n = snprintf(line, sizeof(line), "%s %s\n", ok ? "OK" : "ERR", msg);
 	for (i = 0; i < MAX_CTL_CLIENTS; i++) {
-		if (M.ctl_clients[i] < 0 || !M.ctl_waiting[i])
+		if (M.ctl_clients[i] < 0 || !M.ctl_waiting[i] || M.ctl_seq[i] > upto)
 			continue;
 		if (write(M.ctl_clients[i], line, (size_t)MIN(n, (int)sizeof(line) - 1)) < 0)
 			log_debug("control client went away");
@@ -300,7 +310,11 @@ reload_failed(const char *why)
 	M.note_backoff = false;
 	update_status(true);
 	notify_ready();
-	ctl_answer(false, M.note);
+	ctl_answer(M.reload_seq, false, M.note);
+	if (M.reload_again) {
+		M.reload_again = false;
+		start_reload();
+	}
 }
 
 static void
@@ -390,9 +404,13 @@ start_reload(void)
 	if (M.stopping)
 		return;
 	if (M.next.cfg != NULL || M.old_accepting_until != 0) {
-		M.reload_again = true;	/* after the one under way */
+		if (!M.reload_again)
+			log_info("reload requested while one is under way: it follows once "
+			    "that one is done");
+		M.reload_again = true;
 		return;
 	}
+	M.reload_seq++;
 	notify_reloading();
 	log_info("reloading %s", M.cur.cfg->path);
 	cfg = config_load(M.cur.cfg->path, &errs);
@@ -489,7 +507,7 @@ reload_settled(void)
 	log_info("%s", M.note);
 	notify_status("%s", M.note);
 	notify_ready();
-	ctl_answer(true, M.note);
+	ctl_answer(M.reload_seq, true, M.note);
 	M.last_status_ms = now_ms();
 	if (M.reload_again) {
 		M.reload_again = false;
@@ -660,8 +678,7 @@ start_stop(bool now)
 		notify_stopping();
 		log_info("stopping: %d workers, %ld clients", all_workers(), t.conns);
 		update_status(true);
-		if (M.next.cfg != NULL)
-			ctl_answer(false, "the daemon is stopping");
+		ctl_answer(UINT_MAX, false, "the daemon is stopping");
 		/* the port is free as soon as the workers let go of it */
 		lsock_close_all(&M.socks);
 		M.stop_deadline = now_ms() + (uint64_t)M.cur.cfg->shutdown_timeout * 1000 + 500;
@@ -889,8 +906,15 @@ on_ctl_client(int i)
 		return;
 	}
 	buf[n] = '\0';
-	if (strcmp(buf, "reload\n") == 0) {
+	if (strcmp(buf, "reload\n") == 0 && M.stopping) {
+		if (write(fd, "ERR the daemon is stopping\n", 27) < 0)
+			log_debug("control client went away");
+		close(fd);
+		M.ctl_clients[i] = -1;
+	} else if (strcmp(buf, "reload\n") == 0) {
+		/* the reload that starts now, or the one after the one under way */
 		M.ctl_waiting[i] = true;
+		M.ctl_seq[i] = M.reload_seq + 1;
 		start_reload();
 	} else {
 		if (write(fd, "ERR unknown request (try: reload)\n", 34) < 0)

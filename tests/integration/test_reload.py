@@ -1,5 +1,6 @@
 """Reloading: SIGHUP and `forkd --reload`, a new generation of workers, the
 old one drained, listeners kept, added and removed, bad files refused."""
+import os
 import signal
 import socket
 import subprocess
@@ -322,3 +323,89 @@ def test_five_reloads_under_continuous_load(forkd_factory, tmp_path, capsys):
     assert shutdown_timeout - 0.5 <= ended <= shutdown_timeout + 1.5, ended
     assert stats(d)["generation"] == "6"
     assert max(times) < 2.0
+
+
+def run_reload_helper(d, env=None):
+    """`forkd --reload` started in the background."""
+    return subprocess.Popen([FORKD, "--reload", "-c", d.conf], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_reload_asked_during_a_reload_reports_its_own_file(forkd_factory, tmp_path):
+    """Two `forkd --reload` in a row, the file broken between them: the second
+    request arrives while the first reload is still under way, so it must wait
+    for a reload that reads the file after it asked, and fail with that file."""
+    d = reloadable(forkd_factory, tmp_path, worker_timeout=0)
+    old = d.workers()
+    # an old worker that cannot act on its SIGQUIT still counts as accepting:
+    # the master holds the first reload open (up to 5 s) until it lets go
+    os.kill(old[0], signal.SIGSTOP)
+    try:
+        d.write_conf(echo={"prefix": "g2: "})
+        first = run_reload_helper(d)
+        # the first reload has read the file once its new workers exist
+        wait_until(lambda: len(set(d.workers()) - set(old)) == 2, 5,
+                   "the new generation of the first reload")
+        where = bad_file(d)
+        second = run_reload_helper(d)
+        wait_until(lambda: "reload requested while one is under way" in d.log(), 5,
+                   "the second request to reach the master")
+        assert first.poll() is None and second.poll() is None
+    finally:
+        os.kill(old[0], signal.SIGCONT)
+    out, err = first.communicate(timeout=40)
+    assert first.returncode == 0, err
+    assert out.strip() == "reloaded: generation 2, 2 workers"
+    out, err = second.communicate(timeout=40)
+    assert second.returncode == 1, (out, err)
+    assert f"forkd: reload failed: {where}" in err, err
+    assert echo_once(d) == "g2: x"
+    s = stats(d)
+    assert s["generation"] == "2" and s["reloads"] == "1" and s["reload_failures"] == "1"
+
+
+def runtime_dir_forkd(forkd_factory, tmp_path):
+    """A forkd whose control socket is $RUNTIME_DIRECTORY/forkd.sock, as under
+    systemd: the helper finds it without reading a socket path from the file."""
+    rt = tmp_path / "run"
+    rt.mkdir()
+    d = forkd_factory([{"service": "echo"}, {"service": "stats"}],
+                      env={"RUNTIME_DIRECTORY": str(rt)}, workers=2, threads=2,
+                      shutdown_timeout=2)
+    assert (rt / "forkd.sock").exists()
+    return d
+
+
+def check_refused_reload(d, reason):
+    """SIGHUP and the helper both refuse the file and keep the old config."""
+    workers = d.workers()
+    start = len(d.notify.messages)
+    d.signal(signal.SIGHUP)
+    rl = d.notify.wait_for("RELOADING=1", start=start)
+    st = d.notify.wait_for("STATUS=reload failed: ", start=rl)
+    assert reason in d.notify.messages[st], d.notify.messages[st]
+    d.notify.wait_for("READY=1", start=rl)
+    assert echo_once(d) == "Echo: x"
+    r = subprocess.run([FORKD, "--reload", "-c", d.conf], capture_output=True, text=True,
+                       timeout=40, env=d.env)
+    assert r.returncode == 1, r
+    assert r.stdout == ""
+    assert f"forkd: reload failed: {reason}" in r.stderr, r.stderr
+    assert echo_once(d) == "Echo: x"
+    assert d.workers() == workers
+    s = stats(d)
+    assert s["generation"] == "1" and s["reload_failures"] == "2", s
+    assert reason in d.log()
+
+
+def test_reload_with_the_file_gone_keeps_serving(forkd_factory, tmp_path):
+    d = runtime_dir_forkd(forkd_factory, tmp_path)
+    os.rename(d.conf, d.conf + ".moved")
+    check_refused_reload(d, f"{d.conf}: cannot open: No such file or directory")
+
+
+def test_reload_with_a_binary_file_keeps_serving(forkd_factory, tmp_path):
+    d = runtime_dir_forkd(forkd_factory, tmp_path)
+    with open(d.conf, "wb") as f:
+        f.write(bytes(range(256)) * 4)
+    check_refused_reload(d, f"{d.conf}: contains a NUL byte at offset 0: not a text file")
