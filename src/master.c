@@ -79,6 +79,10 @@ static struct {
 
 	int		 epfd, sigfd, timerfd, wakefd, ctlfd;
 	char		 ctlpath[108];
+	/* a reload that moves the control socket opens the new one first */
+	bool		 next_ctl_moves;
+	int		 next_ctlfd;
+	char		 next_ctlpath[108];
 	int		 ctl_clients[MAX_CTL_CLIENTS];
 	bool		 ctl_waiting[MAX_CTL_CLIENTS];
 	unsigned	 ctl_seq[MAX_CTL_CLIENTS];	/* the reload each one waits for */
@@ -183,6 +187,8 @@ close_inherited(const int *keep, size_t nkeep)
 	close(M.timerfd);
 	if (M.ctlfd >= 0)
 		close(M.ctlfd);
+	if (M.next_ctlfd >= 0)
+		close(M.next_ctlfd);
 }
 
 static int
@@ -277,6 +283,7 @@ ensure_workers(void)
 /* ---- reload bookkeeping for the control socket ---- */
 
 static void start_reload(void);
+static int ctl_listen(const char *path, char *err, size_t errlen);
 
 /*
  * Answer the clients waiting for reload number upto or an earlier one.  A
@@ -330,6 +337,12 @@ abandon_next(void)
 	M.next.cfg = NULL;
 	M.next.lfds = NULL;
 	lsock_prune(&M.socks, M.cur.cfg);
+	if (M.next_ctlfd >= 0) {
+		close(M.next_ctlfd);
+		unlink(M.next_ctlpath);
+		M.next_ctlfd = -1;
+	}
+	M.next_ctl_moves = false;
 }
 
 static int
@@ -435,6 +448,23 @@ start_reload(void)
 		reload_failed(err);
 		return;
 	}
+	/* a new control socket path: open it now, the old one stays until the
+	 * new generation serves (a failure leaves everything as it was) */
+	master_control_path(cfg, M.next_ctlpath, sizeof(M.next_ctlpath));
+	M.next_ctl_moves = strcmp(M.next_ctlpath, M.ctlpath) != 0;
+	M.next_ctlfd = -1;
+	if (M.next_ctl_moves && M.next_ctlpath[0] != '\0' &&
+	    (M.next_ctlfd = ctl_listen(M.next_ctlpath, err, sizeof(err))) < 0) {
+		char why[700];
+
+		snprintf(why, sizeof(why), "%s: %s", cfg->path, err);
+		M.next_ctl_moves = false;
+		free(lfds);
+		config_free(cfg);
+		lsock_prune(&M.socks, M.cur.cfg);
+		reload_failed(why);
+		return;
+	}
 	M.uid = uid;
 	M.gid = gid;
 	M.next.cfg = cfg;
@@ -466,6 +496,24 @@ finish_reload(void)
 	atomic_store(&scoreboard->generation, M.cur.id);
 	atomic_store(&scoreboard->workers, M.target);
 	atomic_store(&scoreboard->threads, M.cur.cfg->threads);
+	if (M.next_ctl_moves) {
+		struct epoll_event ev = { .events = EPOLLIN, .data.u64 = TAG_CTL };
+
+		if (M.ctlfd >= 0) {
+			epoll_ctl(M.epfd, EPOLL_CTL_DEL, M.ctlfd, NULL);
+			close(M.ctlfd);
+			unlink(M.ctlpath);
+		}
+		log_info("control socket moved from %s to %s",
+		    M.ctlpath[0] != '\0' ? M.ctlpath : "(none)",
+		    M.next_ctlpath[0] != '\0' ? M.next_ctlpath : "(none)");
+		M.ctlfd = M.next_ctlfd;
+		memcpy(M.ctlpath, M.next_ctlpath, sizeof(M.ctlpath));
+		M.next_ctlfd = -1;
+		M.next_ctl_moves = false;
+		if (M.ctlfd >= 0)
+			epoll_ctl(M.epfd, EPOLL_CTL_ADD, M.ctlfd, &ev);
+	}
 	/* READY=1 once no old worker accepts any more (reload_settled) */
 	M.old_accepting_until = now_ms() + OLD_STOP_MS;
 }
@@ -826,42 +874,55 @@ master_control_path(const struct fk_config *cfg, char *buf, size_t len)
 	return buf;
 }
 
+/* Listen on a control socket at path: the descriptor, or -1 and why. */
 static int
-ctl_open(void)
+ctl_listen(const char *path, char *err, size_t errlen)
 {
 	struct sockaddr_un sun;
 	int fd, probe;
+
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		snprintf(err, errlen, "control socket path too long: %s", path);
+		return -1;
+	}
+	strcpy(sun.sun_path, path);
+	/* a live forkd already answers there: do not steal its socket */
+	probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (probe >= 0 && connect(probe, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
+		close(probe);
+		snprintf(err, errlen, "another forkd is running (it answers on %s)", path);
+		return -1;
+	}
+	if (probe >= 0)
+		close(probe);
+	unlink(path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0 ||
+	    chmod(path, 0600) != 0 || listen(fd, 8) != 0) {
+		snprintf(err, errlen, "cannot open the control socket %s: %s", path,
+		    strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static int
+ctl_open(void)
+{
+	char err[300];
 
 	M.ctlfd = -1;
 	master_control_path(M.cur.cfg, M.ctlpath, sizeof(M.ctlpath));
 	if (M.ctlpath[0] == '\0')
 		return 0;
-	memset(&sun, 0, sizeof(sun));
-	sun.sun_family = AF_UNIX;
-	if (strlen(M.ctlpath) >= sizeof(sun.sun_path)) {
-		log_err("control socket path too long: %s", M.ctlpath);
+	if ((M.ctlfd = ctl_listen(M.ctlpath, err, sizeof(err))) < 0) {
+		log_err("%s", err);
 		return -1;
 	}
-	strcpy(sun.sun_path, M.ctlpath);
-	/* a live forkd already answers there: do not steal its socket */
-	probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (probe >= 0 && connect(probe, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
-		close(probe);
-		log_err("another forkd is running (it answers on %s)", M.ctlpath);
-		return -1;
-	}
-	if (probe >= 0)
-		close(probe);
-	unlink(M.ctlpath);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0 ||
-	    chmod(M.ctlpath, 0600) != 0 || listen(fd, 8) != 0) {
-		log_warn("cannot open the control socket %s", M.ctlpath);
-		if (fd >= 0)
-			close(fd);
-		return -1;
-	}
-	M.ctlfd = fd;
 	return 0;
 }
 
@@ -944,8 +1005,14 @@ master_request_reload(const struct fk_config *cfg)
 	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+		int e = errno;
+
 		fprintf(stderr, "forkd: cannot reach the running forkd at %s: %s\n", path,
-		    strerror(errno));
+		    strerror(e));
+		if (e == ENOENT || e == ECONNREFUSED)
+			fprintf(stderr, "forkd: is it running with %s? If control_socket was "
+			    "changed since it last loaded the file, send it SIGHUP: that reload "
+			    "moves the control socket\n", cfg->path);
 		return 1;
 	}
 	if (write_full(fd, "reload\n", 7) != 0) {
@@ -1000,6 +1067,7 @@ setup(struct fk_config *cfg)
 	M.cur.id = 1;
 	M.target = cfg->workers;
 	M.ctlfd = -1;
+	M.next_ctlfd = -1;
 	for (i = 0; i < MAX_CTL_CLIENTS; i++)
 		M.ctl_clients[i] = -1;
 
@@ -1122,6 +1190,10 @@ master_run(struct fk_config *cfg)
 	if (M.ctlfd >= 0) {
 		close(M.ctlfd);
 		unlink(M.ctlpath);
+	}
+	if (M.next_ctlfd >= 0) {
+		close(M.next_ctlfd);
+		unlink(M.next_ctlpath);
 	}
 	log_info("stopped: %llu connections served, %llu requests",
 	    (unsigned long long)t.served, (unsigned long long)t.requests);

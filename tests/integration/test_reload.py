@@ -409,3 +409,75 @@ def test_reload_with_a_binary_file_keeps_serving(forkd_factory, tmp_path):
     with open(d.conf, "wb") as f:
         f.write(bytes(range(256)) * 4)
     check_refused_reload(d, f"{d.conf}: contains a NUL byte at offset 0: not a text file")
+
+
+def answers_at(path):
+    """True when something accepts connections on the unix socket at path."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(path))
+        return True
+    except (FileNotFoundError, ConnectionRefusedError):
+        return False
+    finally:
+        s.close()
+
+
+def test_reload_moves_the_control_socket(forkd_factory, tmp_path):
+    d = reloadable(forkd_factory, tmp_path)
+    old_path, new_path = tmp_path / "ctl.sock", tmp_path / "ctl-new.sock"
+    assert answers_at(old_path)
+    d.write_conf(control_socket=str(new_path), echo={"prefix": "moved: "})
+    # the helper reads the new path, where nothing answers yet: it says why
+    # and what to do, and the daemon is untouched
+    r = reload_helper(d)
+    assert r.returncode == 1
+    assert f"cannot reach the running forkd at {new_path}" in r.stderr, r.stderr
+    assert "send it SIGHUP" in r.stderr, r.stderr
+    assert echo_once(d) == "Echo: x"
+    # SIGHUP applies the file, the control socket included
+    start = len(d.notify.messages)
+    d.signal(signal.SIGHUP)
+    rl = d.notify.wait_for("RELOADING=1", start=start)
+    d.notify.wait_for("READY=1", start=rl + 1)
+    st = d.notify.wait_for("STATUS=reloaded: generation 2", start=rl + 1)
+    assert echo_once(d) == "moved: x"
+    assert answers_at(new_path)
+    assert not answers_at(old_path) and not old_path.exists()
+    assert f"control socket moved from {old_path} to {new_path}" in d.log()
+    # from now on the helper, reading the same file, reaches the daemon
+    d.write_conf(control_socket=str(new_path), echo={"prefix": "g3: "})
+    r = reload_helper(d)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "reloaded: generation 3, 2 workers"
+    assert echo_once(d) == "g3: x"
+    assert st > rl
+
+
+def test_reload_to_an_unusable_control_socket_changes_nothing(forkd_factory, tmp_path):
+    d = reloadable(forkd_factory, tmp_path)
+    old_path = tmp_path / "ctl.sock"
+    bad = tmp_path / "no-such-dir" / "ctl.sock"
+    calc_port = free_port()
+    d.write_conf(listeners=d.listeners + [{"address": "127.0.0.1", "port": calc_port,
+                                           "service": "calc"}],
+                 control_socket=str(bad), echo={"prefix": "bad: "})
+    workers = d.workers()
+    start = len(d.notify.messages)
+    d.signal(signal.SIGHUP)
+    rl = d.notify.wait_for("RELOADING=1", start=start)
+    st = d.notify.wait_for("STATUS=reload failed: ", start=rl)
+    want = (f"{d.conf}: cannot open the control socket {bad}: "
+            "No such file or directory")
+    assert want in d.notify.messages[st], d.notify.messages[st]
+    d.notify.wait_for("READY=1", start=rl)
+    assert echo_once(d) == "Echo: x"
+    assert d.workers() == workers
+    # the listener that reload had opened is closed again
+    assert refused(calc_port)
+    # the old control socket still answers: fix the file and reload through it
+    d.write_conf(echo={"prefix": "fixed: "})
+    r = reload_helper(d)
+    assert r.returncode == 0, r.stderr
+    assert echo_once(d) == "fixed: x"
+    assert answers_at(old_path)
