@@ -117,6 +117,7 @@ def test_passed_socket_matching_no_listener_is_an_error(forkd_factory):
     assert d.proc.wait(timeout=10) == 1
     log = d.log()
     assert f"socket passed by systemd (fd 3, 127.0.0.1:{port}) matches no listener" in log, log
+    d.notify.poll()     # read what it sent before it exited
     assert "READY=1" not in "".join(d.notify.messages)
     # nothing was started, and the port forkd would have used stays free
     assert d.workers() == []

@@ -1,11 +1,17 @@
 """Processes, threads, readiness and stopping."""
 import os
+import re
+import select
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 
-from conftest import Client, alive, children, wait_until
+import pytest
+
+from conftest import Client, alive, children, owner, wait_until
 
 
 def threads_of(pid, name=None):
@@ -31,10 +37,47 @@ def test_ready_then_status(forkd_factory):
     d.notify.wait_for("1 clients, 1 served", start=j)
 
 
+def nthreads(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"^Threads:\s+(\d+)", f.read(), re.M).group(1))
+
+
+def stats(d):
+    """The stats listener's STAT lines as a dict."""
+    c = d.client("stats")
+    c.send("stats\n")
+    out = {}
+    for l in c.lines_until("END")[:-1]:
+        _, name, value = l.split(" ", 2)
+        out[name] = value
+    c.close()
+    return out
+
+
 def test_ready_only_when_every_worker_is_up(forkd_factory):
-    d = forkd_factory(workers=4, threads=2)
-    # at READY, every worker is there and each one accepts
-    assert len(d.workers()) == 4
+    """READY=1 comes once every worker has set itself up (its whole pool of
+    threads started) and reported ready, not as soon as it is forked."""
+    threads = 1024      # a worker's setup takes a while: easy to see unfinished
+    d = forkd_factory([{"service": "echo"}, {"service": "stats"}], start=False,
+                      workers=8, threads=threads)
+    d.start(wait=False)
+    # READY=1 read the moment it arrives, not at the next poll interval
+    deadline = time.monotonic() + 10
+    while not any("READY=1" in m for m in d.notify.messages):
+        assert time.monotonic() < deadline, "no READY=1"
+        select.select([d.notify.sock], [], [], 0.5)
+        d.notify.poll()
+    # what the workers look like at that moment, before they can catch up:
+    # the scoreboard, and how many threads each one has
+    st = stats(d)
+    at_ready = {w: nthreads(w) for w in d.workers()}
+    assert st["workers_ready"] == "8", st
+    assert [st[f"worker.{i}.state"] for i in range(8)] == ["ready"] * 8, st
+    assert len(at_ready) == 8
+    # a pool, an acceptor and the main thread at least, in every one
+    assert all(n >= threads + 2 for n in at_ready.values()), at_ready
+    for w in at_ready:
+        assert threads_of(w, "forkd-pool") == threads
 
 
 def test_workers_and_threads_as_configured(forkd_factory):
@@ -96,10 +139,14 @@ def stop_with_clients(d, sig):
         assert c.eof()
     assert d.wait(timeout=15) == 0
     elapsed = time.monotonic() - t0
-    d.notify.wait_for("STOPPING=1", start=start)
+    stopping = d.notify.wait_for("STOPPING=1", start=start)
+    # systemctl status shows what the stop is doing
+    d.notify.wait_for("STATUS=stopping", start=stopping)
+    # the master reaped every worker before it exited: none is left, not
+    # even as an orphan still on its way out
+    assert len(workers) == 2
     for w in workers:
         assert not alive(w), f"worker {w} left behind"
-    assert children(d.pid) == []
     return elapsed
 
 
