@@ -227,3 +227,173 @@ def test_journal_priority_prefix(forkd_factory, tmp_path):
     d.start()
     wait_until(lambda: "<6>master[" in d.log(), 5, "journal-style lines")
     assert "<6>master[" in d.log()
+
+
+def test_worker_at_its_share_stops_accepting(forkd_factory):
+    """workers=2, max_connections=4: a worker's share is 2.  Once one worker
+    holds 2 clients, the next ones land on the other, even while the
+    balance between them would still let it take one more."""
+    d = forkd_factory(workers=2, threads=2, max_connections=4)
+    held = {w: [] for w in d.workers()}
+    assert len(held) == 2
+    clients = []
+    for i in range(4):
+        full = [w for w, cs in held.items() if len(cs) >= 2]
+        c = d.client()
+        assert c.ask(f"c{i}") == f"Echo: c{i}"
+        w = owner(d, c)
+        assert w not in full, f"client {i} went to worker {w}, which already holds 2"
+        held[w].append(c)
+        clients.append(c)
+    assert sorted(len(cs) for cs in held.values()) == [2, 2]
+
+
+def accept_switches(pid):
+    """Voluntary context switches of a worker's acceptor thread(s)."""
+    n = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/comm") as f:
+                if f.read().strip() != "forkd-accept":
+                    continue
+            with open(f"/proc/{pid}/task/{t}/status") as f:
+                n += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", f.read(),
+                                   re.M).group(1))
+        except OSError:
+            pass
+    return n
+
+
+def test_a_connection_wakes_one_acceptor(forkd_factory):
+    """No thundering herd: with 6 workers on 2 listeners, each new connection
+    wakes one worker's acceptor, not every one waiting on the socket."""
+    workers, n = 6, 50
+    d = forkd_factory([{"service": "echo"}, {"service": "calc"}], workers=workers,
+                      threads=2)
+    ws = d.workers()
+    assert len(ws) == workers
+    before = {w: accept_switches(w) for w in ws}
+    for i in range(n):
+        # one at a time, each closed before the next: nobody sits out
+        if i % 2:
+            c = d.client("calc")
+            assert c.ask(f"add {i} 1") == str(i + 1)
+        else:
+            c = d.client("echo")
+            assert c.ask(f"n{i}") == f"Echo: n{i}"
+        c.close()
+    woken = sum(accept_switches(w) - before[w] for w in ws)
+    # one wakeup per connection, and some slack for timeouts; a herd is
+    # workers × n
+    assert woken < 2 * n, f"{woken} acceptor wakeups for {n} connections"
+
+
+def log_lines(d):
+    return [l for l in d.log().splitlines() if l]
+
+
+def test_log_level_filters(forkd_factory):
+    d = forkd_factory(workers=1, log_level="warning")
+    assert d.client().ask("x") == "Echo: x"
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0
+    # no info line: not what it listens on, not the stop summary
+    assert log_lines(d) == [], d.log()
+    d2 = forkd_factory(workers=1, log_level="debug")
+    wait_until(lambda: " debug " in d2.log(), 5, "a debug line")
+
+
+def test_log_lines_carry_a_timestamp_and_level(forkd):
+    lines = log_lines(forkd)
+    assert lines
+    for l in lines:
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (error|warning|info|debug) +"
+                        r"(master|worker \d+)\[\d+\]: \S", l), l
+    assert any(f" info    master[{forkd.pid}]: listening on" in l for l in lines), lines
+
+
+def test_journal_lines_start_with_a_priority(forkd_factory):
+    d = forkd_factory(start=False, workers=1)
+    # JOURNAL_STREAM must name the very stream stderr is: make the log file it
+    open(d.log_path, "ab").close()
+    st = os.stat(d.log_path)
+    d.env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+    d.start()
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0
+    lines = log_lines(d)
+    assert any(l.startswith(f"<6>master[{d.pid}]: listening on") for l in lines), lines
+    # every line: <N> and no timestamp (the journal has its own)
+    for l in lines:
+        assert re.match(r"<[0-7]>(master|worker \d+)\[\d+\]: \S", l), l
+
+
+# asynchronous signals: everything but the faults a thread causes itself
+# (SEGV, BUS, FPE, ILL, ABRT, TRAP) and what cannot be blocked (KILL, STOP)
+ASYNC_SIGNALS = [s for s in range(1, 32)
+                 if s not in (4, 5, 6, 7, 8, 9, 11, 19)] + list(range(34, 65))
+
+
+def test_every_thread_of_a_worker_blocks_signals(forkd_factory):
+    d = forkd_factory(workers=2, threads=3)
+    for w in d.workers():
+        tasks = os.listdir(f"/proc/{w}/task")
+        assert len(tasks) >= 3 + 2
+        for t in tasks:
+            with open(f"/proc/{w}/task/{t}/status") as f:
+                blk = int(re.search(r"^SigBlk:\s+([0-9a-f]+)", f.read(), re.M).group(1), 16)
+            missing = [s for s in ASYNC_SIGNALS if not blk & (1 << (s - 1))]
+            assert missing == [], f"worker {w} thread {t} takes signals {missing}"
+
+
+def test_worker_survives_hup_and_usr1_sent_to_it(forkd_factory):
+    """A signal sent to a worker process (not the master) must not kill it:
+    no pool thread runs a default action."""
+    d = forkd_factory(workers=1, threads=4)
+    w = d.workers()[0]
+    c = d.client()
+    assert c.ask("a") == "Echo: a"
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):
+        os.kill(w, sig)
+    assert c.ask("b") == "Echo: b"
+    assert d.client().ask("c") == "Echo: c"
+    assert d.workers() == [w] and alive(w)
+
+
+def time_wait_on(port):
+    """Sockets in TIME_WAIT whose local port is port (/proc/net/tcp)."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        for row in f.read().splitlines()[1:]:
+            col = row.split()
+            if int(col[1].split(":")[1], 16) == port and col[3] == "06":
+                n += 1
+    return n
+
+
+def test_restart_on_the_same_port_right_after_a_stop(forkd_factory):
+    """The server closes its clients at a stop, so their connections sit in
+    TIME_WAIT on its port; SO_REUSEADDR lets the next forkd bind at once."""
+    d = forkd_factory(workers=1, threads=2, shutdown_timeout=1)
+    clients = [d.client() for _ in range(3)]
+    for c in clients:
+        assert c.ask("x") == "Echo: x"
+    d.signal(signal.SIGTERM)
+    for c in clients:
+        assert c.line() == "ERR server shutting down"
+        assert c.eof()
+        c.close()
+    assert d.wait() == 0
+    wait_until(lambda: time_wait_on(d.port), 2, "TIME_WAIT connections on the port")
+    d2 = forkd_factory([{"service": "echo", "port": d.port}], workers=1, threads=2)
+    assert d2.client().ask("again") == "Echo: again"
+    assert f"listening on 127.0.0.1:{d.port} (echo)" in d2.log()
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+def test_listen_backlog_as_configured(forkd_factory):
+    d = forkd_factory(workers=1, threads=2, backlog=77)
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{d.port}"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    # State Recv-Q Send-Q Local Peer: for a listener, Send-Q is the backlog
+    assert out[:1] == ["LISTEN"] and out[2] == "77", out
