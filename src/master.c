@@ -1166,7 +1166,14 @@ master_run(struct fk_config *cfg)
 	ensure_workers();
 	while (!M.stopping || all_workers() > 0) {
 		struct epoll_event ev[16];
-		int i, n = epoll_wait(M.epfd, ev, 16, -1);
+		uint64_t now = now_ms();
+		int i, n, wait = -1;
+
+		/* a respawn held back by the crash-loop backoff is due on time,
+		 * not at the next tick */
+		if (!M.stopping && M.backoff_until > now && live_workers(M.cur.id, false) < M.target)
+			wait = (int)(M.backoff_until - now);
+		n = epoll_wait(M.epfd, ev, 16, wait);
 
 		if (n < 0 && errno != EINTR) {
 			log_warn("epoll_wait");
