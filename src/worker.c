@@ -27,13 +27,13 @@
 #include "conn.h"
 #include "iplimit.h"
 #include "log.h"
+#include "pool.h"
 #include "scoreboard.h"
 #include "service.h"
 #include "util.h"
 #include "worker.h"
 
 #define POOL_STACK	(512 * 1024)
-#define POOL_EVENTS	8
 #define TICK_MS		250	/* housekeeping period */
 #define EMFILE_PAUSE_MS	100
 #define EMFILE_LOG_MS	10000
@@ -44,6 +44,7 @@
 /* tags for the main loop's epoll data */
 #define TAG_SIGNAL	1
 #define TAG_TIMER	2
+#define TAG_WATCH	3
 #define TAG_ACCWAKE	UINT64_MAX	/* in the acceptor's set; listeners use their index */
 
 static struct worker W;
@@ -57,28 +58,11 @@ wake_master(struct worker *w)
 		log_warn("cannot wake the master");
 }
 
-static void *
-pool_main(void *arg)
+/* An event on a client connection, in whichever pool thread got it. */
+static void
+serve(void *conn)
 {
-	struct worker *w = arg;
-	struct epoll_event ev[POOL_EVENTS];
-
-	pthread_setname_np(pthread_self(), "forkd-pool");
-	for (;;) {
-		int i, n = epoll_wait(w->epfd, ev, POOL_EVENTS, -1);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			log_warn("epoll_wait");
-			return NULL;
-		}
-		for (i = 0; i < n; i++) {
-			if (ev[i].data.ptr == NULL)
-				return NULL;	/* the stop eventfd */
-			conn_kick(ev[i].data.ptr);
-		}
-	}
+	conn_kick(conn);
 }
 
 /*
@@ -318,7 +302,6 @@ setup(struct worker *w, const struct worker_args *a)
 	sigset_t all, mine;
 	pthread_attr_t attr;
 	size_t i;
-	int k;
 	long nofile;
 
 	memset(w, 0, sizeof(*w));
@@ -356,12 +339,12 @@ setup(struct worker *w, const struct worker_args *a)
 	sigaddset(&mine, SIGQUIT);
 	w->sigfd = signalfd(-1, &mine, SFD_CLOEXEC | SFD_NONBLOCK);
 	w->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	w->watchfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
 	w->accwake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	w->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	w->epfd = epoll_create1(EPOLL_CLOEXEC);
 	w->loopfd = epoll_create1(EPOLL_CLOEXEC);
 	w->accfd = epoll_create1(EPOLL_CLOEXEC);
-	if (w->sigfd < 0 || w->timerfd < 0 || w->accwake < 0 || w->stopfd < 0 ||
+	if (w->sigfd < 0 || w->timerfd < 0 || w->watchfd < 0 || w->accwake < 0 ||
 	    w->epfd < 0 || w->loopfd < 0 || w->accfd < 0)
 		return -1;
 
@@ -375,6 +358,8 @@ setup(struct worker *w, const struct worker_args *a)
 	epoll_ctl(w->loopfd, EPOLL_CTL_ADD, w->sigfd, &ev);
 	ev.data.u64 = (uint64_t)TAG_TIMER;
 	epoll_ctl(w->loopfd, EPOLL_CTL_ADD, w->timerfd, &ev);
+	ev.data.u64 = (uint64_t)TAG_WATCH;
+	epoll_ctl(w->loopfd, EPOLL_CTL_ADD, w->watchfd, &ev);
 	ev.data.u64 = TAG_ACCWAKE;
 	epoll_ctl(w->accfd, EPOLL_CTL_ADD, w->accwake, &ev);
 	for (i = 0; i < w->cfg->nlisteners; i++) {
@@ -383,27 +368,24 @@ setup(struct worker *w, const struct worker_args *a)
 		if (epoll_ctl(w->accfd, EPOLL_CTL_ADD, w->lfds[i], &ev) != 0)
 			return -1;
 	}
-	ev.events = EPOLLIN;	/* level: once written, it ends every pool thread */
-	ev.data.ptr = NULL;
-	epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->stopfd, &ev);
-
 	for (i = 0; services[i] != NULL; i++)
 		if (services[i]->worker_init != NULL && service_used(w->cfg, (int)i) &&
 		    services[i]->worker_init(w->cfg, w->cfg->service_conf[i], w->slot) != 0)
 			return -1;
 
-	w->threads = calloc((size_t)w->cfg->threads, sizeof(*w->threads));
-	if (w->threads == NULL)
+	if (pool_start(&w->pool, w->epfd, w->cfg->threads,
+	    pool_pollers(w->cfg->threads, w->cfg->workers), POOL_STACK, serve) != 0)
 		return -1;
+	/* spares to unpark: watch the pollers (pool.h) */
+	if (w->pool.pollers < w->pool.nthreads) {
+		its.it_interval.tv_sec = 0;
+		its.it_interval.tv_nsec = POOL_WATCH_MS * 1000000L;
+		its.it_value = its.it_interval;
+		timerfd_settime(w->watchfd, 0, &its, NULL);
+	}
+	w->pool_moving_ms = now_ms();
 	pthread_attr_init(&attr);
 	pthread_attr_setstacksize(&attr, POOL_STACK);
-	for (k = 0; k < w->cfg->threads; k++) {
-		if (pthread_create(&w->threads[k], &attr, pool_main, w) != 0) {
-			pthread_attr_destroy(&attr);
-			return -1;
-		}
-		w->nthreads++;
-	}
 	if (pthread_create(&w->acceptor, &attr, acceptor_main, w) != 0) {
 		pthread_attr_destroy(&attr);
 		return -1;
@@ -432,13 +414,28 @@ on_signal(struct worker *w)
 }
 
 static void
+on_watch(struct worker *w)
+{
+	uint64_t expirations;
+
+	if (read(w->watchfd, &expirations, sizeof(expirations)) < 0)
+		return;
+	if (pool_watch(&w->pool))
+		w->pool_moving_ms = now_ms();
+}
+
+static void
 on_tick(struct worker *w)
 {
 	uint64_t expirations, now = now_ms();
 
 	if (read(w->timerfd, &expirations, sizeof(expirations)) < 0)
 		return;
-	atomic_store(&w->sb->heartbeat_ms, now);
+	/* the heartbeat says the worker serves: its loop runs and some pool
+	 * thread is not stuck (a worker whose every thread hangs is replaced) */
+	if (w->pool.pollers == w->pool.nthreads && pool_watch(&w->pool))
+		w->pool_moving_ms = now;
+	atomic_store(&w->sb->heartbeat_ms, MIN(now, w->pool_moving_ms));
 	if (getppid() != w->master) {
 		log_warnx("the master (pid %ld) is gone: stopping", (long)w->master);
 		start_drain(w, false);
@@ -465,8 +462,6 @@ void
 worker_run(const struct worker_args *a)
 {
 	struct worker *w = &W;
-	uint64_t one = 1;
-	int k;
 
 	log_set_role("worker %d", a->slot);
 	drop_privileges(a);
@@ -481,7 +476,7 @@ worker_run(const struct worker_args *a)
 	atomic_store(&w->sb->heartbeat_ms, now_ms());
 	atomic_store(&w->sb->state, SLOT_READY);
 	wake_master(w);
-	log_debug("ready: %d threads", w->nthreads);
+	log_debug("ready: %d threads, %d polling", w->pool.nthreads, w->pool.pollers);
 
 	while (!(w->draining && atomic_load(&w->nconns) == 0)) {
 		struct epoll_event ev[16];
@@ -496,14 +491,13 @@ worker_run(const struct worker_args *a)
 				on_signal(w);
 			else if (tag == TAG_TIMER)
 				on_tick(w);
+			else if (tag == TAG_WATCH)
+				on_watch(w);
 		}
 	}
 
 	/* every connection is closed: end the pool and go */
-	if (write(w->stopfd, &one, sizeof(one)) < 0)
-		_exit(1);
-	for (k = 0; k < w->nthreads; k++)
-		pthread_join(w->threads[k], NULL);
+	pool_stop(&w->pool);
 	log_debug("exiting: %llu connections served",
 	    (unsigned long long)atomic_load(&w->sb->served));
 	exit(0);

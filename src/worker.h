@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include "config.h"
+#include "pool.h"
 
 struct session;
 struct sb_slot;
@@ -33,16 +34,16 @@ struct worker {
 	int			 master_wake;
 
 	int			 epfd;		/* client connections, shared by the pool */
-	int			 stopfd;	/* eventfd that ends the pool threads */
-	int			 loopfd;	/* the main thread's: signals, timer */
+	int			 loopfd;	/* the main thread's: signals, timers */
 	int			 sigfd, timerfd;
+	int			 watchfd;	/* timer: POOL_WATCH_MS, when there are spares */
 	int			 accfd;		/* the acceptor's: listeners + accwake */
 	int			 accwake;	/* eventfd: the acceptor must stop */
 	pthread_t		 acceptor;
 	bool			 acceptor_running;
 	_Atomic bool		 accept_stop;
-	pthread_t		*threads;
-	int			 nthreads;
+	struct pool		 pool;
+	uint64_t		 pool_moving_ms; /* last seen serving */
 
 	/* connection structs by fd; a struct is reused, never freed while
 	 * running; entries are read and written with __atomic builtins */
