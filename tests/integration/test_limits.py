@@ -193,7 +193,7 @@ def test_trickling_client_is_cut_at_idle_timeout(forkd_factory):
 
 
 def test_client_that_never_reads_is_cut_with_bounded_output(forkd_factory):
-    d = forkd_factory(workers=1, threads=2, send_timeout=2, max_output=8192)
+    d = forkd_factory(workers=1, threads=2, send_timeout=2, max_line=4096, max_output=8192)
     w = d.workers()[0]
     base = rss_kb(w)
     c = d.client()
