@@ -46,6 +46,7 @@ scoreboard_retire(int i)
 	atomic_store(&s->conns, 0);
 	atomic_store(&s->heartbeat_ms, 0);
 	atomic_store(&s->want_recycle, 0);
+	atomic_store(&s->sitting_out, 0);
 	atomic_store(&s->pid, 0);
 	atomic_store(&s->state, SLOT_FREE);
 }

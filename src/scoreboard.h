@@ -30,6 +30,7 @@ struct sb_slot {
 	_Atomic uint64_t	requests;	/* lines handled */
 	_Atomic uint64_t	rejected;	/* refused by a limit */
 	_Atomic int		want_recycle;	/* served max_requests_per_worker */
+	_Atomic int		sitting_out;	/* its acceptor is not on the listeners */
 	_Atomic unsigned	epoch;		/* bumped for every worker in the slot */
 	_Atomic long		svc_conns[FK_MAX_SERVICES];
 	_Atomic uint64_t	svc_served[FK_MAX_SERVICES];

@@ -81,8 +81,7 @@ at_share(struct worker *w)
  * EPOLLEXCLUSIVE hands a new connection to the first worker in the socket's
  * wait queue that is waiting, so one idle worker would take every client of a
  * quiet period.  A worker holding clearly more connections than the least
- * busy one of its generation sits out; the least busy never does, so there is
- * always somebody waiting on the listeners.
+ * busy one of its generation sits out.
  */
 static bool
 least_busy(struct worker *w)
@@ -106,6 +105,29 @@ least_busy(struct worker *w)
 	return least < 0 || mine <= least + 1 + least / 8;
 }
 
+/*
+ * Is another worker of this generation waiting on the listeners?  Each side
+ * raises its own flag before it looks at the others', so of two workers
+ * deciding at once at least one sees the other's flag and stays: counts seen
+ * a moment apart (a worker whose clients just left) never make every worker
+ * sit out at once.
+ */
+static bool
+others_accept(struct worker *w)
+{
+	unsigned gen = atomic_load(&w->sb->generation);
+	int i;
+
+	for (i = 0; i < FK_MAX_SLOTS; i++) {
+		const struct sb_slot *o = &scoreboard->slot[i];
+
+		if (i != w->slot && atomic_load(&o->state) == SLOT_READY &&
+		    atomic_load(&o->generation) == gen && !atomic_load(&o->sitting_out))
+			return true;
+	}
+	return false;
+}
+
 /* Tell acceptors that sit out that the balance changed. */
 static void
 accept_news(void)
@@ -115,27 +137,44 @@ accept_news(void)
 		syscall(SYS_futex, &scoreboard->accept_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-/* Wait until another worker accepts, or a while. */
-static void
+/* Must this worker's acceptor stay off the listeners now? */
+static bool
+must_sit_out(struct worker *w, uint64_t now)
+{
+	return now < w->resume_ms || at_share(w);
+}
+
+/*
+ * Wait until another worker accepts, or a while.  False, at once, when this
+ * worker would sit out only for the balance and nobody else accepts.
+ */
+static bool
 sit_out(struct worker *w, uint64_t now)
 {
 	uint32_t seen = atomic_load(&scoreboard->accept_seq);
 	uint64_t ms = SIT_OUT_MS;
 	struct timespec ts;
 
+	atomic_store(&w->sb->sitting_out, 1);
+	if (!must_sit_out(w, now) && !others_accept(w)) {
+		atomic_store(&w->sb->sitting_out, 0);
+		return false;
+	}
 	if (w->resume_ms > now && w->resume_ms - now < ms)
 		ms = w->resume_ms - now;
 	ts.tv_sec = 0;
 	ts.tv_nsec = (long)ms * 1000000L;
 	atomic_fetch_add(&scoreboard->accept_waiters, 1);
 	/* checked again after announcing ourselves: no wakeup can be missed */
-	if (atomic_load(&w->accept_stop) || (now >= w->resume_ms && !at_share(w) &&
-	    least_busy(w))) {
+	if (atomic_load(&w->accept_stop) || (!must_sit_out(w, now) && least_busy(w))) {
 		atomic_fetch_sub(&scoreboard->accept_waiters, 1);
-		return;
+		atomic_store(&w->sb->sitting_out, 0);
+		return true;
 	}
 	syscall(SYS_futex, &scoreboard->accept_seq, FUTEX_WAIT, seen, &ts, NULL, 0);
 	atomic_fetch_sub(&scoreboard->accept_waiters, 1);
+	atomic_store(&w->sb->sitting_out, 0);
+	return true;
 }
 
 static void
@@ -223,10 +262,10 @@ acceptor_main(void *arg)
 		uint64_t now = now_ms();
 		int i, n;
 
-		if (now < w->resume_ms || at_share(w) || !least_busy(w)) {
+		if (must_sit_out(w, now) || !least_busy(w)) {
 			/* not waiting on the listeners: the kernel wakes another worker */
-			sit_out(w, now);
-			continue;
+			if (sit_out(w, now))
+				continue;
 		}
 		n = epoll_wait(w->accfd, ev, (int)nitems(ev), 1000);
 		for (i = 0; i < n; i++)
