@@ -455,6 +455,7 @@ conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer, bool ip
 		log_warnx("no room for connection on fd %d", fd);
 		if (ip_counted)
 			iplimit_release(w->slot, peer);
+		atomic_fetch_sub(&w->sb->conns, 1);
 		close(fd);
 		return;
 	}
@@ -493,6 +494,7 @@ conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer, bool ip
 		log_warnx("%s: out of memory", c->peer);
 		if (ip_counted)
 			iplimit_release(w->slot, peer);
+		atomic_fetch_sub(&w->sb->conns, 1);
 		close(fd);
 		c->fd = -1;
 		atomic_store(&c->state, 0);
@@ -500,8 +502,7 @@ conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer, bool ip
 	}
 	if (fd > atomic_load(&w->maxfd))
 		atomic_store(&w->maxfd, fd);
-	atomic_fetch_add(&w->nconns, 1);
-	atomic_fetch_add_explicit(&w->sb->conns, 1, memory_order_relaxed);
+	atomic_fetch_add(&w->nconns, 1);	/* sb->conns: counted by the acceptor */
 	atomic_fetch_add_explicit(&w->sb->served, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&w->sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&w->sb->svc_served[c->svc_idx], 1, memory_order_relaxed);

@@ -59,7 +59,8 @@ struct session {
 	char			 peer[56];
 };
 
-/* acceptor: a new client on fd from listener index li */
+/* acceptor: a new client on fd from listener index li, already counted in
+ * its scoreboard slot's conns (the place is given back on every way out) */
 void	conn_open(struct worker *, int fd, int li, const struct sockaddr *peer,
 	    bool ip_counted);
 /* an epoll event, or news from another thread */

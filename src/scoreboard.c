@@ -91,7 +91,9 @@ scoreboard_conns(void)
 	long n = 0;
 	int i;
 
+	/* sequentially consistent: the acceptors' check of max_connections
+	 * relies on seeing a place another worker took before it counted */
 	for (i = 0; i < FK_MAX_SLOTS; i++)
-		n += atomic_load_explicit(&scoreboard->slot[i].conns, memory_order_relaxed);
+		n += atomic_load(&scoreboard->slot[i].conns);
 	return n;
 }

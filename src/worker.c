@@ -235,12 +235,13 @@ accept_batch(struct worker *w, size_t li)
 			reject(fd, w, "ERR too many connections\r\n");
 			continue;
 		}
-		if (scoreboard_conns() >= w->cfg->max_connections) {
-			reject(fd, w, "ERR too many connections\r\n");
-			continue;
-		}
-		if (w->cfg->max_connections_per_ip > 0 && !iplimit_acquire(w->slot,
-		    (struct sockaddr *)&ss, w->cfg->max_connections_per_ip)) {
+		/* take the place, then count: of two workers taking the last
+		 * place at once, at least one sees the other's and refuses */
+		atomic_fetch_add(&w->sb->conns, 1);
+		if (scoreboard_conns() > w->cfg->max_connections ||
+		    (w->cfg->max_connections_per_ip > 0 && !iplimit_acquire(w->slot,
+		    (struct sockaddr *)&ss, w->cfg->max_connections_per_ip))) {
+			atomic_fetch_sub(&w->sb->conns, 1);
 			reject(fd, w, "ERR too many connections\r\n");
 			continue;
 		}
