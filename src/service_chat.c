@@ -342,6 +342,24 @@ cmd_join(struct session *s, struct member *m, const char *arg, size_t len)
 	session_reply(s, "* you joined %s", arg);
 }
 
+/*
+ * What one member sends, every other member's terminal shows, and an error
+ * may quote it back: control bytes (a lone CR that overwrites the line,
+ * escape sequences, NULs) become '?'.  Tabs and UTF-8 pass.
+ */
+static void
+neutralise(char *line, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)line[i];
+
+		if ((c < 0x20 && c != '\t') || c == 0x7f)
+			line[i] = '?';
+	}
+}
+
 static void
 chat_line(struct session *s, char *line, size_t len)
 {
@@ -351,6 +369,7 @@ chat_line(struct session *s, char *line, size_t len)
 
 	if (len == 0)
 		return;
+	neutralise(line, len);	/* messages, and the commands errors quote */
 	if (line[0] != '/') {
 		if (m->room == NULL) {
 			session_reply(s, "ERR you are in no room: /join ROOM first");

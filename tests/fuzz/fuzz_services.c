@@ -20,9 +20,9 @@
  *                  control bytes as '?')
  *   stats          "STAT name value" lines and "END", or one "ERR " line, no
  *                  CR inside
- *   chat           a line with "Bye" exactly when the session is closing.
- *                  Chat relays a member's bytes as they came, a lone CR
- *                  included, so a CR inside its lines is not checked here.
+ *   chat           a line with "Bye" exactly when the session is closing,
+ *                  no CR inside (a member's control bytes reach the room
+ *                  as '?')
  * A session that said Bye, or whose queue overflowed, is closed the way
  * the connection layer would close it, and opened again for its next line.
  * At the end every session is closed and freed, and no chat room may be
@@ -204,7 +204,7 @@ drain(int i, const char *req, size_t len)
 			fail(name, "not prefix + the request's bytes + CRLF", p, n);
 		goto done;
 	}
-	/* line by line; a '\r' inside a line only from echo and chat */
+	/* line by line; a '\r' inside a line only from echo */
 	for (q = p, end = p + n; q < end; lines++) {
 		const char *nl = memchr(q, '\n', (size_t)(end - q));
 		size_t ll;
@@ -212,8 +212,7 @@ drain(int i, const char *req, size_t len)
 		if (nl == NULL || nl == q || nl[-1] != '\r')
 			fail(name, "a bare LF or an unterminated line", p, n);
 		ll = (size_t)(nl - 1 - q);
-		if (memchr(q, '\r', ll) != NULL && strcmp(name, "echo") != 0 &&
-		    strcmp(name, "chat") != 0)
+		if (memchr(q, '\r', ll) != NULL && strcmp(name, "echo") != 0)
 			fail(name, "a CR inside a reply line", p, n);
 		if (ll == 3 && memcmp(q, "Bye", 3) == 0)
 			bye = true;

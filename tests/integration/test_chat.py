@@ -307,6 +307,17 @@ def test_lines_reach_the_room_and_only_the_room(forkd_factory):
     assert who(first)[2] == {first.nick}
 
 
+def test_control_bytes_reach_the_room_neutralised(forkd_factory):
+    """A member cannot rewrite what others see: a lone CR, escape sequences
+    and NULs arrive as '?'; tabs and UTF-8 arrive as sent."""
+    d = forkd_factory([{"service": "chat"}], workers=1, threads=2)
+    a = member(d, "alice")
+    b = member(d, "bob")
+    settle([a, b])
+    a.send(b"hi\rfake line\x1b[31mred\x00\x7f\tok \xc3\xa9t\xc3\xa9\n")
+    assert b.line() == "[alice] hi?fake line?[31mred??\tok \u00e9t\u00e9"
+
+
 def test_joins_leaves_and_nick_changes_are_announced(forkd_factory):
     d = forkd_factory([{"service": "chat"}], workers=1, threads=2)
     a = member(d, "alice")
