@@ -373,7 +373,6 @@ receiver(void *arg)
 	struct ring *r = &shm->rings[my_slot];
 
 	(void)arg;
-	pthread_setname_np(pthread_self(), "forkd-chat");
 	for (;;) {
 		uint32_t seq = atomic_load(&r->seq);
 		size_t n, at;
@@ -429,6 +428,7 @@ chan_start(int slot, const struct chan_limits *lim, chan_deliver_fn fn)
 	pthread_mutex_unlock(&r->lock);
 	if (pthread_create(&tid, NULL, receiver, NULL) != 0)
 		return -1;
+	pthread_setname_np(tid, "forkd-chat");
 	pthread_detach(tid);
 	started = true;
 	return 0;

@@ -85,7 +85,6 @@ pool_main(void *arg)
 	struct pool *p = me->pool;
 	struct epoll_event ev[POOL_EVENTS];
 
-	pthread_setname_np(pthread_self(), "forkd-pool");
 	while (take_place(p)) {
 		for (;;) {
 			int i, n = epoll_wait(p->epfd, ev, POOL_EVENTS, -1);
@@ -160,6 +159,8 @@ pool_start(struct pool *p, int epfd, int nthreads, int pollers, size_t stack,
 			errno = err;
 			return -1;
 		}
+		/* named by its maker, so the name is there once pool_start returns */
+		pthread_setname_np(p->t[k].tid, "forkd-pool");
 		p->nthreads++;
 	}
 	pthread_attr_destroy(&attr);

@@ -258,7 +258,6 @@ acceptor_main(void *arg)
 	struct worker *w = arg;
 	struct epoll_event ev[8];
 
-	pthread_setname_np(pthread_self(), "forkd-accept");
 	while (!atomic_load(&w->accept_stop)) {
 		uint64_t now = now_ms();
 		int i, n;
@@ -430,6 +429,7 @@ setup(struct worker *w, const struct worker_args *a)
 		pthread_attr_destroy(&attr);
 		return -1;
 	}
+	pthread_setname_np(w->acceptor, "forkd-accept");
 	w->acceptor_running = true;
 	pthread_attr_destroy(&attr);
 	return 0;
