@@ -121,9 +121,12 @@ pool_pollers(int threads, int workers)
 		ncpu = 1;
 	if (workers < 1)
 		workers = 1;
-	/* one poller per CPU this worker may use, and one more so that a
-	 * descheduled poller does not leave the worker deaf */
-	share = (int)((ncpu + workers - 1) / workers) + 1;
+	/* one poller per CPU this worker may use, and at least two so that a
+	 * descheduled poller does not leave the worker deaf; more than that
+	 * only compete for the same CPUs */
+	share = (int)((ncpu + workers - 1) / workers);
+	if (share < 2)
+		share = 2;
 	return threads < share ? threads : share;
 }
 

@@ -211,8 +211,10 @@ test_pollers(void)
 	CHECK(pool_pollers(1, 4) == 1, "never more pollers than threads");
 	CHECK(pool_pollers(64, (int)ncpu) == 2, "a worker per CPU: 2 pollers, got %d",
 	    pool_pollers(64, (int)ncpu));
-	CHECK(pool_pollers(64, 1) == (int)MIN(ncpu + 1, 64),
-	    "one worker: a poller per CPU and one more, got %d", pool_pollers(64, 1));
+	CHECK(pool_pollers(64, 1) == (int)MIN(MAX(ncpu, 2), 64),
+	    "one worker: a poller per CPU, at least 2, got %d", pool_pollers(64, 1));
+	CHECK(pool_pollers(64, 64) == 2, "more workers than CPUs: still 2, got %d",
+	    pool_pollers(64, 64));
 }
 
 int
