@@ -41,6 +41,8 @@
 #include "service.h"
 #include "worker.h"
 
+#include "fake_worker.h"
+
 int	 LLVMFuzzerInitialize(int *, char ***);
 int	 LLVMFuzzerTestOneInput(const uint8_t *, size_t);
 
@@ -60,51 +62,18 @@ static struct session	 sess[NSESS];
 static const void	*chat_conf;
 static bool		 trace;		/* FUZZ_CHAT_TRACE=1: show the replies */
 
-static void
-dropped_remote(const char *room, const char *line, size_t len)
-{
-	(void)room;
-	(void)line;
-	(void)len;
-}
-
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	static struct config_errors errs;
 	const char *env = getenv("FUZZ_CHAT_CHAN_START");
 	int i;
 
 	(void)argc;
 	(void)argv;
 	trace = getenv("FUZZ_CHAT_TRACE") != NULL;
-	cfg = config_load_string("fuzz-chat.conf", chat_conf_text, &errs);
-	if (cfg == NULL) {
-		fprintf(stderr, "fuzz_chat: bad built-in config: %s\n", errs.msg[0]);
-		abort();
-	}
+	cfg = fake_worker("fuzz_chat", "fuzz-chat.conf", chat_conf_text, &w,
+	    env == NULL || strcmp(env, "0") != 0);
 	chat_conf = cfg->service_conf[service_index(&service_chat)];
-	if (scoreboard_create() != 0 || chan_setup() != 0) {
-		fprintf(stderr, "fuzz_chat: cannot map the shared tables\n");
-		abort();
-	}
-	/* this process is the worker in slot 0 */
-	atomic_store(&scoreboard->slot[0].pid, getpid());
-	atomic_store(&scoreboard->slot[0].state, SLOT_READY);
-	if (env == NULL || strcmp(env, "0") != 0) {
-		/* same order as struct chat_conf: default_room, max_rooms, max_members */
-		struct chan_limits lim = { 4, 2 };
-
-		if (chan_start(0, &lim, dropped_remote) != 0) {
-			fprintf(stderr, "fuzz_chat: chan_start failed\n");
-			abort();
-		}
-	}
-
-	w.cfg = cfg;
-	w.epfd = -1;
-	w.slot = 0;
-	w.sb = &scoreboard->slot[0];
 	for (i = 0; i < NSESS; i++) {
 		if (pthread_mutex_init(&sess[i].out_lock, NULL) != 0)
 			abort();

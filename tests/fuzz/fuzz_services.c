@@ -47,6 +47,8 @@
 #include "service.h"
 #include "worker.h"
 
+#include "fake_worker.h"
+
 int	 LLVMFuzzerInitialize(int *, char ***);
 int	 LLVMFuzzerTestOneInput(const uint8_t *, size_t);
 
@@ -70,43 +72,13 @@ static struct worker	 w;
 static int		 nsvc;
 static struct session	 sess[MAXSVC];
 
-static void
-dropped_remote(const char *room, const char *line, size_t len)
-{
-	(void)room;
-	(void)line;
-	(void)len;
-}
-
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	static struct config_errors errs;
-	/* same order as struct chat_conf: max_rooms, max_members */
-	struct chan_limits lim = { 4, 2 };
-
 	(void)argc;
 	(void)argv;
-	cfg = config_load_string("fuzz-services.conf", services_conf_text, &errs);
-	if (cfg == NULL) {
-		fprintf(stderr, "fuzz_services: bad built-in config: %s\n", errs.msg[0]);
-		abort();
-	}
-	if (scoreboard_create() != 0 || chan_setup() != 0) {
-		fprintf(stderr, "fuzz_services: cannot map the shared tables\n");
-		abort();
-	}
-	/* this process is the worker in slot 0 */
-	atomic_store(&scoreboard->slot[0].pid, getpid());
-	atomic_store(&scoreboard->slot[0].state, SLOT_READY);
-	if (chan_start(0, &lim, dropped_remote) != 0) {
-		fprintf(stderr, "fuzz_services: chan_start failed\n");
-		abort();
-	}
-	w.cfg = cfg;
-	w.epfd = -1;
-	w.slot = 0;
-	w.sb = &scoreboard->slot[0];
+	cfg = fake_worker("fuzz_services", "fuzz-services.conf", services_conf_text,
+	    &w, true);
 	for (nsvc = 0; services[nsvc] != NULL; nsvc++) {
 		if (nsvc == MAXSVC)
 			abort();
