@@ -173,23 +173,7 @@ def test_reload_failing_in_the_daemon_keeps_the_old_config(forkd_factory, tmp_pa
     d.write_conf(listeners=listeners, echo={"prefix": "bad: "})
     with open(d.conf) as f:
         line = 1 + [f"port = {port};" in l for l in f].index(True)
-    where = f"{d.conf}:{line}: cannot listen on 127.0.0.1:{port}"
-    workers = d.workers()
-
-    start = len(d.notify.messages)
-    d.signal(signal.SIGHUP)
-    rl = d.notify.wait_for("RELOADING=1", start=start)
-    st = d.notify.wait_for("STATUS=reload failed: ", start=rl)
-    assert where in d.notify.messages[st], d.notify.messages[st]
-    d.notify.wait_for("READY=1", start=rl)
-    assert echo_once(d) == "Echo: x"
-
-    r = reload_helper(d)
-    assert r.returncode == 1
-    assert f"forkd: reload failed: {where}" in r.stderr, r.stderr
-    assert echo_once(d) == "Echo: x"
-    assert d.workers() == workers
-    assert stats(d)["reload_failures"] == "2"
+    check_refused_reload(d, f"{d.conf}:{line}: cannot listen on 127.0.0.1:{port}")
     taken.close()
 
 
