@@ -8,6 +8,7 @@
 #ifndef FORKD_FUZZ_FAKE_WORKER_H
 #define FORKD_FUZZ_FAKE_WORKER_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -16,7 +17,9 @@
 
 #include "chan.h"
 #include "config.h"
+#include "conn.h"
 #include "scoreboard.h"
+#include "service.h"
 #include "worker.h"
 
 static void
@@ -56,6 +59,44 @@ fake_worker(const char *who, const char *path, const char *conf_text,
 	w->slot = 0;
 	w->sb = &scoreboard->slot[0];
 	return cfg;
+}
+
+/* As conn_open, without a socket: s serves svc (its index, its conf). */
+static void
+fake_session_open(struct worker *w, struct session *s, const struct service *svc,
+    const void *conf, int port)
+{
+	s->w = w;
+	s->svc = svc;
+	s->svc_idx = service_index(svc);
+	s->svc_conf = conf;
+	s->fd = -1;
+	s->closing = false;
+	atomic_store(&s->kill, KILL_NONE);
+	snprintf(s->peer, sizeof(s->peer), "127.0.0.1:%d", port);
+	s->data = svc->session_size > 0 ? calloc(1, svc->session_size) : NULL;
+	if (svc->session_size > 0 && s->data == NULL)
+		abort();
+	atomic_store(&s->open, true);
+	if (svc->open != NULL)
+		svc->open(s);
+}
+
+/* As conn_close: the hook, then the output is thrown away. */
+static void
+fake_session_close(struct session *s)
+{
+	if (s->svc->close != NULL)
+		s->svc->close(s);
+	pthread_mutex_lock(&s->out_lock);
+	atomic_store(&s->open, false);
+	free(s->out);
+	s->out = NULL;
+	s->out_len = s->out_off = s->out_cap = 0;
+	s->out_full = false;
+	pthread_mutex_unlock(&s->out_lock);
+	free(s->data);
+	s->data = NULL;
 }
 
 #endif

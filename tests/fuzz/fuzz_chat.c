@@ -85,35 +85,13 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 static void
 sess_open(struct session *s)
 {
-	s->w = &w;
-	s->svc = &service_chat;
-	s->svc_idx = service_index(&service_chat);
-	s->svc_conf = chat_conf;
-	s->fd = -1;
-	s->closing = false;
-	atomic_store(&s->kill, KILL_NONE);
-	snprintf(s->peer, sizeof(s->peer), "127.0.0.1:%d", 40000 + (int)(s - sess));
-	s->data = calloc(1, service_chat.session_size);
-	if (s->data == NULL)
-		abort();
-	atomic_store(&s->open, true);
-	service_chat.open(s);
+	fake_session_open(&w, s, &service_chat, chat_conf, 40000 + (int)(s - sess));
 }
 
-/* as conn_close: the hook, then the output is thrown away */
 static void
 sess_close(struct session *s)
 {
-	service_chat.close(s);
-	pthread_mutex_lock(&s->out_lock);
-	atomic_store(&s->open, false);
-	free(s->out);
-	s->out = NULL;
-	s->out_len = s->out_off = s->out_cap = 0;
-	s->out_full = false;
-	pthread_mutex_unlock(&s->out_lock);
-	free(s->data);
-	s->data = NULL;
+	fake_session_close(s);
 }
 
 /* Take what is queued for s and check that it is whole "\r\n" lines. */

@@ -92,41 +92,13 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 static void
 sess_open(int i)
 {
-	struct session *s = &sess[i];
-
-	s->w = &w;
-	s->svc = services[i];
-	s->svc_idx = i;
-	s->svc_conf = cfg->service_conf[i];
-	s->fd = -1;
-	s->closing = false;
-	atomic_store(&s->kill, KILL_NONE);
-	snprintf(s->peer, sizeof(s->peer), "127.0.0.1:%d", 41000 + i);
-	s->data = services[i]->session_size > 0 ? calloc(1, services[i]->session_size) : NULL;
-	if (services[i]->session_size > 0 && s->data == NULL)
-		abort();
-	atomic_store(&s->open, true);
-	if (services[i]->open != NULL)
-		services[i]->open(s);
+	fake_session_open(&w, &sess[i], services[i], cfg->service_conf[i], 41000 + i);
 }
 
-/* as conn_close: the hook, then the output is thrown away */
 static void
 sess_close(int i)
 {
-	struct session *s = &sess[i];
-
-	if (services[i]->close != NULL)
-		services[i]->close(s);
-	pthread_mutex_lock(&s->out_lock);
-	atomic_store(&s->open, false);
-	free(s->out);
-	s->out = NULL;
-	s->out_len = s->out_off = s->out_cap = 0;
-	s->out_full = false;
-	pthread_mutex_unlock(&s->out_lock);
-	free(s->data);
-	s->data = NULL;
+	fake_session_close(&sess[i]);
 }
 
 static void
