@@ -12,7 +12,9 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "chan.h"
@@ -59,6 +61,22 @@ fake_worker(const char *who, const char *path, const char *conf_text,
 	w->slot = 0;
 	w->sb = &scoreboard->slot[0];
 	return cfg;
+}
+
+/* The fuzzer's input as request lines, empty ones left out, as framing would. */
+static void
+fake_lines(const uint8_t *data, size_t size, void (*fn)(const char *, size_t))
+{
+	const char *p = (const char *)data, *end = p + size;
+
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		size_t len = nl != NULL ? (size_t)(nl - p) : (size_t)(end - p);
+
+		if (len > 0)
+			fn(p, len);
+		p += len + (nl != NULL);
+	}
 }
 
 /* As conn_open, without a socket: s serves svc (its index, its conf). */

@@ -171,7 +171,6 @@ step(const char *req, size_t len)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	const char *p = (const char *)data, *end = p + size;
 	char who[256];
 	int i;
 
@@ -179,14 +178,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		sess_open(&sess[i]);
 		drain_all();
 	}
-	while (p < end) {
-		const char *nl = memchr(p, '\n', (size_t)(end - p));
-		size_t len = nl != NULL ? (size_t)(nl - p) : (size_t)(end - p);
-
-		if (len > 0)
-			step(p, len);
-		p += len + (nl != NULL);
-	}
+	fake_lines(data, size, step);
 	for (i = 0; i < NSESS; i++) {
 		if (atomic_load(&sess[i].open))
 			sess_close(&sess[i]);

@@ -225,7 +225,6 @@ step(const char *in, size_t len)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	const char *p = (const char *)data, *end = p + size;
 	char who[256];
 	int i;
 
@@ -233,14 +232,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		sess_open(i);
 		drain(i, NULL, 0);
 	}
-	while (p < end) {
-		const char *nl = memchr(p, '\n', (size_t)(end - p));
-		size_t len = nl != NULL ? (size_t)(nl - p) : (size_t)(end - p);
-
-		if (len > 0)
-			step(p, len);
-		p += len + (nl != NULL);
-	}
+	fake_lines(data, size, step);
 	for (i = 0; i < nsvc; i++) {
 		if (atomic_load(&sess[i].open))
 			sess_close(i);
