@@ -1,9 +1,10 @@
 /*
  * One worker process.  An acceptor thread waits on the listening sockets
  * (EPOLLEXCLUSIVE, so one connection wakes one worker) and accepts; the main
- * thread keeps house: signals, timeouts, heartbeat.  A bounded pool of
- * threads serves the connections that have work.  Every thread blocks every
- * signal; the main thread reads them from a signalfd.
+ * thread keeps house: signals, timeouts, heartbeat, and every POOL_WATCH_MS
+ * a look at the pool.  A bounded pool of threads (pool.c) serves the
+ * connections that have work.  Every thread blocks every signal; the main
+ * thread reads them from a signalfd.
  */
 #include <errno.h>
 #include <grp.h>
