@@ -127,12 +127,7 @@ def test_bad_file_on_sighup_leaves_everything_running(forkd_factory, tmp_path):
     d = reloadable(forkd_factory, tmp_path)
     workers = d.workers()
     where = bad_file(d)
-    start = len(d.notify.messages)
-    d.signal(signal.SIGHUP)
-    rl = d.notify.wait_for("RELOADING=1", start=start)
-    st = d.notify.wait_for("STATUS=reload failed: ", start=rl)
-    assert where in d.notify.messages[st], d.notify.messages[st]
-    d.notify.wait_for("READY=1", start=rl)
+    sighup_refused(d, where)
     wait_until(lambda: where in d.log(), 5, "the error in the log")
     assert echo_once(d) == "Echo: x"
     assert d.workers() == workers
@@ -360,15 +355,21 @@ def runtime_dir_forkd(forkd_factory, tmp_path):
     return d
 
 
-def check_refused_reload(d, reason):
-    """SIGHUP and the helper both refuse the file and keep the old config."""
-    workers = d.workers()
+def sighup_refused(d, reason):
+    """SIGHUP: RELOADING=1, then STATUS=reload failed naming reason, then
+    READY=1 again (the running generation carries on)."""
     start = len(d.notify.messages)
     d.signal(signal.SIGHUP)
     rl = d.notify.wait_for("RELOADING=1", start=start)
     st = d.notify.wait_for("STATUS=reload failed: ", start=rl)
     assert reason in d.notify.messages[st], d.notify.messages[st]
     d.notify.wait_for("READY=1", start=rl)
+
+
+def check_refused_reload(d, reason):
+    """SIGHUP and the helper both refuse the file and keep the old config."""
+    workers = d.workers()
+    sighup_refused(d, reason)
     assert echo_once(d) == "Echo: x"
     r = subprocess.run([FORKD, "--reload", "-c", d.conf], capture_output=True, text=True,
                        timeout=40, env=d.env)
@@ -447,14 +448,8 @@ def test_reload_to_an_unusable_control_socket_changes_nothing(forkd_factory, tmp
                                            "service": "calc"}],
                  control_socket=str(bad), echo={"prefix": "bad: "})
     workers = d.workers()
-    start = len(d.notify.messages)
-    d.signal(signal.SIGHUP)
-    rl = d.notify.wait_for("RELOADING=1", start=start)
-    st = d.notify.wait_for("STATUS=reload failed: ", start=rl)
-    want = (f"{d.conf}: cannot open the control socket {bad}: "
-            "No such file or directory")
-    assert want in d.notify.messages[st], d.notify.messages[st]
-    d.notify.wait_for("READY=1", start=rl)
+    sighup_refused(d, f"{d.conf}: cannot open the control socket {bad}: "
+                      "No such file or directory")
     assert echo_once(d) == "Echo: x"
     assert d.workers() == workers
     # the listener that reload had opened is closed again
