@@ -191,7 +191,7 @@ pool_watch(struct pool *p)
 		if (!stuck)
 			moving = true;
 		else if (b != t->lent_for &&
-		    atomic_load(&p->lent) < p->nthreads - p->pollers) {
+		    atomic_load(&p->lent) < pool_spares(p)) {
 			t->lent_for = b;
 			atomic_fetch_add(&p->lent, 1);
 			atomic_fetch_add_explicit(&p->lends, 1, memory_order_relaxed);

@@ -60,6 +60,12 @@ int	pool_start(struct pool *, int epfd, int nthreads, int pollers,
 bool	pool_watch(struct pool *);
 /* End every thread and wait for them. */
 void	pool_stop(struct pool *);
+/* Threads that are not pollers: parked until pool_watch lends a place. */
+static inline int
+pool_spares(const struct pool *p)
+{
+	return p->nthreads - p->pollers;
+}
 /* How many pollers for this many threads per worker on this machine. */
 int	pool_pollers(int threads, int workers);
 

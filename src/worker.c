@@ -417,7 +417,7 @@ setup(struct worker *w, const struct worker_args *a)
 	    pool_pollers(w->cfg->threads, w->cfg->workers), POOL_STACK, serve) != 0)
 		return -1;
 	/* spares to unpark: watch the pollers (pool.h) */
-	if (w->pool.pollers < w->pool.nthreads) {
+	if (pool_spares(&w->pool) > 0) {
 		its.it_interval.tv_sec = 0;
 		its.it_interval.tv_nsec = POOL_WATCH_MS * 1000000L;
 		its.it_value = its.it_interval;
@@ -474,7 +474,7 @@ on_tick(struct worker *w)
 		return;
 	/* the heartbeat says the worker serves: its loop runs and some pool
 	 * thread is not stuck (a worker whose every thread hangs is replaced) */
-	if (w->pool.pollers == w->pool.nthreads && pool_watch(&w->pool))
+	if (pool_spares(&w->pool) == 0 && pool_watch(&w->pool))
 		w->pool_moving_ms = now;
 	atomic_store(&w->sb->heartbeat_ms, MIN(now, w->pool_moving_ms));
 	if (getppid() != w->master) {
