@@ -3,7 +3,13 @@
  * forkd-bench comparisons: one process, one thread, one epoll loop, no
  * limits, no timeouts, no logging.
  *
- *   echo-floor -p PORT [-a ADDR] [-x PREFIX] [-b BACKLOG]
+ *   echo-floor -p PORT [-a ADDR] [-x PREFIX] [-b BACKLOG] [-n PROCS]
+ *
+ * With -n, PROCS such processes serve the port, each with its own listening
+ * socket (SO_REUSEPORT, so the kernel spreads new connections over them by
+ * their addresses): what the same loop does when its connections are split
+ * between processes, as a prefork server's are.  All sockets listen before
+ * the first child starts; SIGTERM to the first process stops them all.
  *
  * Without -x it echoes the bytes it receives exactly (like a plain echo
  * service).  With -x it answers each line (ended by "\n" or "\r\n") with
@@ -22,8 +28,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MAX_LINE	(1024 * 1024 + 512)
@@ -248,75 +256,39 @@ static void on_accept(int lfd)
 
 static void usage(void)
 {
-	fputs("usage: echo-floor -p PORT [-a ADDR] [-x PREFIX] [-b BACKLOG]\n", stderr);
+	fputs("usage: echo-floor -p PORT [-a ADDR] [-x PREFIX] [-b BACKLOG] [-n PROCS]\n", stderr);
 	exit(2);
 }
 
-int main(int argc, char **argv)
+static int listen_on(const struct sockaddr_in *sa, long backlog, int reuseport)
 {
-	struct sockaddr_in sa;
-	struct epoll_event ev, evs[256];
-	struct rlimit rl;
-	struct sigaction sig;
-	const char *addr = "127.0.0.1";
-	long port = 0, backlog = 4096;
-	int lfd, one = 1, ch, i, n;
-	char *end;
+	int one = 1, lfd;
 
-	while ((ch = getopt(argc, argv, "p:a:x:b:h")) != -1) {
-		switch (ch) {
-		case 'p':
-			port = strtol(optarg, &end, 10);
-			if (*end != '\0' || port < 1 || port > 65535)
-				usage();
-			break;
-		case 'a':
-			addr = optarg;
-			break;
-		case 'x':
-			prefix = optarg;
-			plen = strlen(prefix);
-			break;
-		case 'b':
-			backlog = strtol(optarg, &end, 10);
-			if (*end != '\0' || backlog < 1 || backlog > 65535)
-				usage();
-			break;
-		default:
-			usage();
-		}
-	}
-	if (port == 0 || optind != argc)
-		usage();
-
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
-	}
-	memset(&sig, 0, sizeof(sig));
-	sig.sa_handler = on_signal;
-	sigaction(SIGTERM, &sig, NULL);
-	sigaction(SIGINT, &sig, NULL);
-	signal(SIGPIPE, SIG_IGN);
-
-	memset(&sa, 0, sizeof(sa));
-	sa.sin_family = AF_INET;
-	sa.sin_port = htons((unsigned short)port);
-	if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1) {
-		fprintf(stderr, "echo-floor: bad IPv4 address '%s'\n", addr);
-		return 2;
-	}
 	lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (lfd == -1) {
 		perror("echo-floor: socket");
-		return 1;
+		exit(1);
 	}
 	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == -1 ||
-	    listen(lfd, (int)backlog) == -1) {
-		fprintf(stderr, "echo-floor: %s:%ld: %s\n", addr, port, strerror(errno));
-		return 1;
+	if (reuseport &&
+	    setsockopt(lfd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == -1) {
+		perror("echo-floor: SO_REUSEPORT");
+		exit(1);
 	}
+	if (bind(lfd, (const struct sockaddr *)sa, sizeof(*sa)) == -1 ||
+	    listen(lfd, (int)backlog) == -1) {
+		fprintf(stderr, "echo-floor: port %d: %s\n", ntohs(sa->sin_port),
+		    strerror(errno));
+		exit(1);
+	}
+	return lfd;
+}
+
+static int serve(int lfd)
+{
+	struct epoll_event ev, evs[256];
+	int i, n;
+
 	ep = epoll_create1(EPOLL_CLOEXEC);
 	if (ep == -1) {
 		perror("echo-floor: epoll_create1");
@@ -325,9 +297,6 @@ int main(int argc, char **argv)
 	ev.events = EPOLLIN;
 	ev.data.fd = lfd;
 	epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
-	fprintf(stderr, "echo-floor: listening on %s:%ld (%s)\n", addr, port,
-	    prefix ? "line mode with prefix" : "plain echo");
-
 	while (!stop) {
 		n = epoll_wait(ep, evs, 256, 1000);
 		if (n == -1) {
@@ -358,4 +327,98 @@ int main(int argc, char **argv)
 		}
 	}
 	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct sockaddr_in sa;
+	struct rlimit rl;
+	struct sigaction sig;
+	const char *addr = "127.0.0.1";
+	long port = 0, backlog = 4096, procs = 1;
+	int lfds[64], ch, i, rc;
+	pid_t kids[64];
+	char *end;
+
+	while ((ch = getopt(argc, argv, "p:a:x:b:n:h")) != -1) {
+		switch (ch) {
+		case 'p':
+			port = strtol(optarg, &end, 10);
+			if (*end != '\0' || port < 1 || port > 65535)
+				usage();
+			break;
+		case 'a':
+			addr = optarg;
+			break;
+		case 'x':
+			prefix = optarg;
+			plen = strlen(prefix);
+			break;
+		case 'b':
+			backlog = strtol(optarg, &end, 10);
+			if (*end != '\0' || backlog < 1 || backlog > 65535)
+				usage();
+			break;
+		case 'n':
+			procs = strtol(optarg, &end, 10);
+			if (*end != '\0' || procs < 1 || procs > 64)
+				usage();
+			break;
+		default:
+			usage();
+		}
+	}
+	if (port == 0 || optind != argc)
+		usage();
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	memset(&sig, 0, sizeof(sig));
+	sig.sa_handler = on_signal;
+	sigaction(SIGTERM, &sig, NULL);
+	sigaction(SIGINT, &sig, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons((unsigned short)port);
+	if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1) {
+		fprintf(stderr, "echo-floor: bad IPv4 address '%s'\n", addr);
+		return 2;
+	}
+	for (i = 0; i < procs; i++)
+		lfds[i] = listen_on(&sa, backlog, procs > 1);
+	fprintf(stderr, "echo-floor: listening on %s:%ld (%s), %ld process(es)\n",
+	    addr, port, prefix ? "line mode with prefix" : "plain echo", procs);
+	for (i = 1; i < procs; i++) {
+		kids[i] = fork();
+		if (kids[i] == -1) {
+			perror("echo-floor: fork");
+			stop = 1;
+			procs = i;
+			break;
+		}
+		if (kids[i] == 0) {
+			int k;
+
+			/* ends with the first process, however that ends */
+			prctl(PR_SET_PDEATHSIG, SIGTERM);
+			if (getppid() == 1)
+				return 0;
+			for (k = 0; k < procs; k++)
+				if (k != i)
+					close(lfds[k]);
+			return serve(lfds[i]);
+		}
+	}
+	for (i = 1; i < procs; i++)
+		close(lfds[i]);
+	rc = stop ? 1 : serve(lfds[0]);
+	for (i = 1; i < procs; i++)
+		kill(kids[i], SIGTERM);
+	for (i = 1; i < procs; i++)
+		waitpid(kids[i], NULL, 0);
+	return rc;
 }
