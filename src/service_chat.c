@@ -23,6 +23,13 @@
 #define MESSAGE_MAX	60000	/* bytes of one chat line */
 #define ROOM_BUCKETS	256
 
+/*
+ * A /who or /rooms reply gets at most a quarter of the session's output
+ * limit, so that the reply itself never makes a reading client look too
+ * slow (the longest list is cut with "...", the count stays whole).
+ */
+static size_t	 list_max = LIST_MAX;
+
 struct chat_conf {
 	char	*default_room;
 	int	 max_rooms;
@@ -402,18 +409,18 @@ chat_line(struct session *s, char *line, size_t len)
 			session_reply(s, "ERR you are in no room: /join ROOM first");
 			return;
 		}
-		if ((buf = malloc(LIST_MAX)) == NULL)
+		if ((buf = malloc(list_max)) == NULL)
 			return;
-		n = chan_who(m->room->name, buf, LIST_MAX);
+		n = chan_who(m->room->name, buf, list_max);
 		session_reply(s, "* %s (%d): %s", m->room->name, n, buf);
 		free(buf);
 	} else if (clen == 6 && strncasecmp(line, "/rooms", 6) == 0) {
 		char *buf;
 		int n;
 
-		if ((buf = malloc(LIST_MAX)) == NULL)
+		if ((buf = malloc(list_max)) == NULL)
 			return;
-		n = chan_rooms(buf, LIST_MAX);
+		n = chan_rooms(buf, list_max);
 		session_reply(s, "* rooms (%d): %s", n, buf);
 		free(buf);
 	} else if (clen == 5 && strncasecmp(line, "/quit", 5) == 0) {
@@ -438,7 +445,9 @@ chat_worker_init(const struct fk_config *cfg, const void *vconf, int slot)
 	const struct chat_conf *conf = vconf;
 	struct chan_limits lim = { conf->max_rooms, conf->max_members };
 
-	(void)cfg;
+	list_max = (size_t)cfg->max_output / 4;
+	if (list_max > LIST_MAX)
+		list_max = LIST_MAX;
 	if (chan_start(slot, &lim, deliver_remote) != 0) {
 		log_warn("chat: cannot start the channel layer");
 		return -1;

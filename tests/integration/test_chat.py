@@ -591,3 +591,27 @@ def test_max_rooms(forkd_factory):
     y = member(d1)
     settle([x, y])
     assert ask(x, "/join dev") == TOO_MANY.format("dev")
+
+
+def test_long_lists_are_cut_to_fit_the_output_limit(forkd_factory):
+    """/rooms with more rooms than the output limit holds is cut with "..."
+    (the count stays whole) instead of dropping the client that asked."""
+    d = forkd_factory([{"service": "chat"}], workers=1, threads=2,
+                      max_line=1024, max_output=4096)
+    names = [f"room{i:03d}" + "x" * 25 for i in range(130)]   # 32 bytes each
+    held = []
+    for name in names:
+        m = member(d)
+        assert m.ask(f"/join {name}") == f"* you joined {name}"
+        held.append(m)
+    asker = member(d)
+    reply = asker.ask("/rooms")
+    m = re.fullmatch(r"\* rooms \((\d+)\): (.*)", reply)
+    assert m, reply
+    assert int(m.group(1)) == len(names) + 1                 # the lobby too
+    assert m.group(2).endswith(", ...")
+    assert len(reply) <= 4096 // 4 + 32
+    shown = m.group(2)[:-len(", ...")].split(", ")
+    assert all(re.fullmatch(r"\S+ \(1\)", it) for it in shown), shown
+    # still connected, still answered
+    assert who(asker)[2] == {asker.nick}
