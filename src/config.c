@@ -456,6 +456,32 @@ parse_listener(struct ctx *ctx, struct fk_config *cfg, const config_setting_t *l
 		    "\"0.0.0.0\", \"127.0.0.1\" or \"::\" (got '%s')", l->address);
 }
 
+/* Each served service's longest reply must fit in max_output. */
+static void
+check_replies_fit(struct ctx *ctx, const struct fk_config *cfg,
+    const config_setting_t *root)
+{
+	const config_setting_t *cs = config_setting_get_member(root, "max_output");
+	size_t i, j;
+
+	if (cs == NULL)
+		cs = config_setting_get_member(root, "listeners");
+	for (i = 0; i < cfg->nlisteners; i++) {
+		const struct service *svc = cfg->listeners[i].service;
+
+		if (svc == NULL || svc->max_reply <= (size_t)cfg->max_output)
+			continue;
+		for (j = 0; j < i; j++)
+			if (cfg->listeners[j].service == svc)
+				break;
+		if (j < i)
+			continue;	/* said once per service */
+		cfg_error(ctx, cs, "'max_output' must be at least %zu to hold the %s "
+		    "service's longest reply (got max_output = %d)",
+		    svc->max_reply, svc->name, cfg->max_output);
+	}
+}
+
 static void
 parse_listeners(struct ctx *ctx, struct fk_config *cfg, const config_setting_t *list)
 {
@@ -598,6 +624,7 @@ config_build(struct ctx *ctx, config_t *lc)
 		    (long long)cfg->max_line + FK_OUTPUT_HEADROOM, cfg->max_output,
 		    cfg->max_line);
 	}
+	check_replies_fit(ctx, cfg, root);
 
 	cfg->log_level = log_level_prios[cfg->log_level];
 	if (cfg->workers == 0) {

@@ -23,6 +23,9 @@ struct service {
 	const struct setting *settings;
 	size_t		 conf_size;	/* size of the struct those settings fill */
 	size_t		 session_size;	/* per-session state, zeroed at connect */
+	/* bytes of the longest reply to one request, when that is more than a
+	 * line's worth: max_output must hold it (checked with the config) */
+	size_t		 max_reply;
 
 	/* in the master before workers are forked (again on reload); optional */
 	int		(*master_init)(const struct fk_config *, const void *conf);

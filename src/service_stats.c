@@ -11,6 +11,14 @@
 #include "service.h"
 #include "util.h"
 
+/*
+ * The longest "stats" reply: at most STATS_HEAD_MAX bytes of lines before
+ * the workers' (about 30 lines of at most 48 bytes), and six lines of at
+ * most 48 bytes for each slot in use, up to every slot during a reload.
+ */
+#define STATS_HEAD_MAX	2048
+#define STATS_SLOT_MAX	384
+
 static void
 stats_all(struct session *s)
 {
@@ -81,5 +89,6 @@ stats_line(struct session *s, char *line, size_t len)
 
 const struct service service_stats = {
 	.name = "stats",
+	.max_reply = STATS_HEAD_MAX + FK_MAX_SLOTS * STATS_SLOT_MAX,
 	.line = stats_line,
 };

@@ -57,7 +57,7 @@ int	 LLVMFuzzerTestOneInput(const uint8_t *, size_t);
 
 static const char services_conf_text[] =
     "max_line = 1024;\n"
-    "max_output = 8192;\n"
+    "max_output = 65536;\n"	/* at least the stats reply's bound */
     "listeners = (\n"
     "  { address = \"127.0.0.1\"; port = 5002; service = \"echo\"; },\n"
     "  { address = \"127.0.0.1\"; port = 5003; service = \"stats\"; },\n"

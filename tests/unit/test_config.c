@@ -306,6 +306,15 @@ main(void)
 	config_free(cfg);
 	cfg = expect_ok("max_line = 3072;\nmax_output = 4096;\n" L_ECHO);
 	config_free(cfg);
+	/* ... and the longest reply of every service that is served: stats
+	 * lists every worker slot (2048 + 128 slots x 384 bytes) */
+#define L_STATS "listeners = ( { address = \"127.0.0.1\"; port = 5003; service = \"stats\"; },\n" \
+	"  { address = \"127.0.0.1\"; port = 5004; service = \"stats\"; } );\n"
+	expect_error("max_output = 51199;\n" L_STATS,
+	    "t.conf:1: 'max_output' must be at least 51200 to hold the stats service's "
+	    "longest reply (got max_output = 51199)");
+	cfg = expect_ok("max_output = 51200;\n" L_STATS);
+	config_free(cfg);
 
 	check_shipped_file();
 
