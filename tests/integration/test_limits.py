@@ -11,6 +11,7 @@ import time
 
 import statistics
 import tempfile
+import threading
 
 import pytest
 
@@ -76,6 +77,56 @@ def test_max_connections_across_workers(forkd_factory):
     held[1].close()
     s.close()
     wait_until(lambda: try_echo(d), 5, "a place to free up")
+
+
+def test_max_connections_holds_under_a_burst(forkd_factory):
+    """Clients arriving at once, taken by two workers, never get more places than
+    max_connections; a place refused in the race is given again later."""
+    d = forkd_factory(workers=2, threads=2, max_connections=20)
+    n = 80
+    replies, socks = [None] * n, [None] * n
+    start = threading.Barrier(n)
+
+    def one(i):
+        s = socket.socket()
+        s.settimeout(10)
+        socks[i] = s
+        start.wait()
+        try:
+            s.connect(("127.0.0.1", d.port))
+            s.sendall(b"x\n")
+            replies[i] = s.makefile("rb").readline()
+        except OSError as e:
+            replies[i] = repr(e).encode()
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    try:
+        admitted = sum(r == b"Echo: x\r\n" for r in replies)
+        refused = sum(r == b"ERR too many connections\r\n" for r in replies)
+        assert admitted + refused == n, [r for r in replies
+                                         if r not in (b"Echo: x\r\n", b"ERR too many connections\r\n")]
+        assert 0 < admitted <= 20
+        extra = []
+        for _ in range(100):
+            if admitted == 20:
+                break
+            c = d.client()
+            if c.ask("y") == "Echo: y":
+                admitted += 1
+                extra.append(c)
+            else:
+                c.close()
+        assert admitted == 20
+        over = d.client()
+        assert over.line() == "ERR too many connections"
+        assert over.eof()
+    finally:
+        for s in socks:
+            s.close()
 
 
 def try_echo(d):
