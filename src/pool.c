@@ -11,30 +11,17 @@
  */
 #include <errno.h>
 #include <limits.h>
-#include <linux/futex.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "log.h"
 #include "pool.h"
+#include "util.h"
 
 #define POOL_EVENTS	16
-
-static void
-futex_wait(_Atomic uint32_t *word, uint32_t expect)
-{
-	syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, expect, NULL, NULL, 0);
-}
-
-static void
-futex_wake(_Atomic uint32_t *word, int n)
-{
-	syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
-}
 
 /* Wait for a place to poll; false when the pool ends. */
 static bool
@@ -53,7 +40,7 @@ take_place(struct pool *p)
 		/* counted before the futex re-checks the word: a place added
 		 * after the load above either shows there or finds us counted */
 		atomic_fetch_add(&p->parked, 1);
-		futex_wait(&p->places, 0);
+		futex_wait_private(&p->places, 0);
 		atomic_fetch_sub(&p->parked, 1);
 	}
 }
@@ -63,7 +50,7 @@ put_place(struct pool *p)
 {
 	atomic_fetch_add(&p->places, 1);
 	if (atomic_load(&p->parked) > 0)
-		futex_wake(&p->places, 1);
+		futex_wake_private(&p->places, 1);
 }
 
 /* After a batch: true when this thread must give its place back. */
@@ -212,7 +199,7 @@ pool_stop(struct pool *p)
 	if (write(p->stopfd, &one, sizeof(one)) < 0)
 		log_warn("cannot stop the pool");
 	atomic_fetch_add(&p->places, (uint32_t)p->nthreads);
-	futex_wake(&p->places, INT_MAX);
+	futex_wake_private(&p->places, INT_MAX);
 	for (k = 0; k < p->nthreads; k++)
 		pthread_join(p->t[k].tid, NULL);
 	epoll_ctl(p->epfd, EPOLL_CTL_DEL, p->stopfd, NULL);

@@ -1,6 +1,7 @@
 #ifndef FORKD_UTIL_H
 #define FORKD_UTIL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -29,5 +30,11 @@ const char	*sockaddr_text(const struct sockaddr *sa, char *buf, size_t len);
 int		 write_full(int fd, const void *buf, size_t len);
 /* Raise RLIMIT_NOFILE's soft limit to the hard one; returns the new soft limit */
 long		 raise_nofile_limit(void);
+/*
+ * Futexes between the threads of one process: sleep while *word is expect
+ * (it may return early: recheck), and wake up to n sleepers.
+ */
+void		 futex_wait_private(_Atomic uint32_t *word, uint32_t expect);
+void		 futex_wake_private(_Atomic uint32_t *word, int n);
 
 #endif
