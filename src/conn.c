@@ -28,6 +28,7 @@
 
 #define ST_RUN		1u
 #define ST_PEND		2u
+#define ST_WAIT		4u	/* the acceptor waits to reuse the struct */
 
 #define READ_CHUNK	16384
 #define OUT_MIN_CAP	256
@@ -398,6 +399,13 @@ conn_run(struct session *c)
 		conn_work(c);
 		if (atomic_compare_exchange_strong(&c->state, &expect, 0))
 			return;
+		if (expect & ST_WAIT) {
+			/* the fd was closed and is a new client's: nothing left
+			 * pending can be for this connection */
+			atomic_store(&c->state, 0);
+			futex_wake_private(&c->state, 1);
+			return;
+		}
 	}
 }
 
@@ -459,12 +467,21 @@ conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer, bool ip
 		close(fd);
 		return;
 	}
-	/* a pool thread may still hold this struct from the fd's last life */
+	/*
+	 * An owner may still hold this struct from the fd's last life: it has
+	 * closed that fd and has a few steps left, more if it was preempted
+	 * there.  Sleep until it lets go rather than yield the CPU, which may
+	 * go to any busy process for a whole scheduler tick.
+	 */
 	for (;;) {
 		expect = 0;
 		if (atomic_compare_exchange_weak(&c->state, &expect, ST_RUN))
 			break;
-		sched_yield();
+		if (expect == 0)
+			continue;
+		if ((expect & ST_WAIT) ||
+		    atomic_compare_exchange_weak(&c->state, &expect, expect | ST_WAIT))
+			futex_wait_private(&c->state, expect | ST_WAIT);
 	}
 	/* the kernel's send buffer counts against max_output too: left to
 	 * itself it grows to megabytes for a client that does not read */
