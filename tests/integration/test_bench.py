@@ -5,17 +5,26 @@ import signal
 import socket
 import subprocess
 
+import pytest
+
 from conftest import FORKD, alive, children, free_port, socket_inodes, wait_until
 
 SRC = os.environ.get("FORKD_SRCDIR",
                      os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
-def test_floor_in_processes_spreads_connections_and_stops_as_one(tmp_path):
-    exe = tmp_path / "echo-floor"
+@pytest.fixture(scope="module")
+def echo_floor(tmp_path_factory):
+    """echo-floor built once, with the flags compare builds it with, as errors."""
+    exe = tmp_path_factory.mktemp("floor") / "echo-floor"
     subprocess.run(["gcc", "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror",
                     os.path.join(SRC, "tests", "bench", "echo-floor.c"), "-o", str(exe)],
                    check=True)
+    return exe
+
+
+def test_floor_in_processes_spreads_connections_and_stops_as_one(echo_floor):
+    exe = echo_floor
     port = free_port()
     p = subprocess.Popen([str(exe), "-p", str(port), "-x", "Echo: ", "-n", "3"],
                          stderr=subprocess.DEVNULL)
@@ -48,11 +57,8 @@ def test_floor_in_processes_spreads_connections_and_stops_as_one(tmp_path):
             p.wait()
 
 
-def test_floor_rejects_a_bad_process_count(tmp_path):
-    exe = tmp_path / "echo-floor"
-    subprocess.run(["gcc", "-std=gnu11", "-O2", os.path.join(SRC, "tests", "bench", "echo-floor.c"),
-                    "-o", str(exe)], check=True)
-    r = subprocess.run([str(exe), "-p", str(free_port()), "-n", "0"],
+def test_floor_rejects_a_bad_process_count(echo_floor):
+    r = subprocess.run([str(echo_floor), "-p", str(free_port()), "-n", "0"],
                        capture_output=True, text=True, timeout=5)
     assert r.returncode == 2 and "usage" in r.stderr
 
