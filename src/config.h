@@ -37,6 +37,7 @@ struct setting {
 };
 
 struct service;
+struct codec;
 
 struct fk_listener {
 	char		*address;
@@ -45,6 +46,18 @@ struct fk_listener {
 	const struct service *service;
 	int		 idle_timeout;	/* seconds; the global one unless overridden */
 	char		*banner;	/* NULL = none */
+	int		 protocol;	/* enum fk_protocol (codec.h) */
+	const struct codec *codec;
+	/* websocket: Origins a browser may connect from; none set = the
+	 * request's own Host only (requests without Origin are let in) */
+	char		**allowed_origins;
+	size_t		 norigins;
+	int		 ping_interval;	/* websocket: seconds; 0 = never ping */
+	int		 max_header;	/* websocket/http: bytes of a request head */
+	int		 header_timeout; /* websocket/http: seconds to send a head */
+	/* this listener's own settings group for its service (a copy of the
+	 * global one with the listener's keys applied); NULL = the global */
+	void		*svc_conf;
 	struct sockaddr_storage addr;
 	socklen_t	 addrlen;
 	int		 line;		/* where it was defined */

@@ -12,6 +12,7 @@
 struct worker;
 struct fk_listener;
 struct service;
+struct codec;
 
 /* Why a connection is being closed by the server (not by its client). */
 enum conn_kill {
@@ -21,6 +22,8 @@ enum conn_kill {
 	KILL_IDLE,		/* no complete line within idle_timeout */
 	KILL_SEND_TIMEOUT,	/* the client did not read its replies in time */
 	KILL_OVERFLOW,		/* more output queued than max_output */
+	KILL_PROTOCOL,		/* the client broke its protocol (codec's word) */
+	KILL_COUNT
 };
 
 /*
@@ -37,6 +40,9 @@ struct session {
 	struct worker		*w;
 	const struct fk_listener *l;
 	const struct service	*svc;
+	const struct codec	*codec;
+	void			*cstate;	/* the codec's, per connection */
+	bool			 goodbye_said;	/* the codec's last words are queued */
 	int			 svc_idx;
 	const void		*svc_conf;
 	void			*data;

@@ -10,12 +10,14 @@
 #ifndef FORKD_SERVICE_H
 #define FORKD_SERVICE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct session;
 struct setting;
 struct fk_config;
 struct fk_listener;
+struct http_request;
 
 struct service {
 	const char	*name;
@@ -37,6 +39,16 @@ struct service {
 	void		(*line)(struct session *, char *line, size_t len);
 	/* the session ends, for whatever reason; optional */
 	void		(*close)(struct session *);
+	/*
+	 * An HTTP request on a listener whose protocol is http, or a plain GET
+	 * (no Upgrade) on a websocket listener: answer with http_respond()
+	 * (http.h).  Optional: without it, http listeners refuse the service
+	 * and websocket listeners answer 426.
+	 */
+	void		(*http)(struct session *, const struct http_request *);
+	/* takes binary WebSocket messages (as requests; the replies to one go
+	 * back as one binary message); otherwise they are refused (close 1003) */
+	bool		 binary;
 };
 
 /* Queue one reply line; "\r\n" is appended. */

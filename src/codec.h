@@ -1,0 +1,90 @@
+/*
+ * Codecs: the protocol a listener speaks, between the socket and the service.
+ *
+ *     socket -- conn.c (limits, timeouts, output queue, epoll parking)
+ *                 \- codec of the listener: line | chunk | websocket | http
+ *                      \- service: echo | calc | chat | stats | metrics
+ *
+ * A codec turns the bytes a client sent into requests (conn_request) and a
+ * service's output into the bytes the client receives (conn_write).  It never
+ * touches the socket: conn.c reads, writes, parks and closes.  Services never
+ * see the codec; adding a protocol touches no service.
+ *
+ * Service output is a byte stream of lines, each ending in "\r\n", possibly
+ * handed over in pieces (echo sends prefix, text and terminator apart).
+ * Codecs that need message boundaries (websocket) cut it at "\r\n".
+ */
+#ifndef FORKD_CODEC_H
+#define FORKD_CODEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "conn.h"
+
+enum fk_protocol {
+	PROTO_LINE = 0,
+	PROTO_CHUNK,
+	PROTO_WEBSOCKET,
+	PROTO_HTTP,
+	PROTO_COUNT
+};
+
+struct codec {
+	const char	*name;
+
+	/* A client connected: set up c->cstate.  0, or -1 to refuse it. */
+	int		(*open)(struct session *);
+	/*
+	 * Bytes from the socket (data may be modified in place).  Hand each
+	 * complete request to conn_request(); write protocol replies (pongs,
+	 * HTTP answers) with conn_write().  Return -1 to stop reading this
+	 * batch: the session is closing (c->closing or a kill was requested).
+	 */
+	int		(*input)(struct session *, char *data, size_t n);
+	/*
+	 * Service output to wire bytes, with c->out_lock held: append with
+	 * conn_write_locked().  false when the queue would pass max_output
+	 * (the session is then dropped as too slow).  NULL: bytes pass as
+	 * they are.
+	 */
+	bool		(*output)(struct session *, const char *buf, size_t n);
+	/*
+	 * The server ends the session for this reason (KILL_NONE: the service
+	 * or the client asked to quit): queue the last words with conn_write
+	 * (a line, a close frame).  NULL: the line codec's ERR lines.
+	 */
+	void		(*goodbye)(struct session *, enum conn_kill why);
+	/*
+	 * About once a second from the worker's sweep, on the owner's side of
+	 * the session (conn.c kicks it): deadlines of the codec's own (a
+	 * request head that never completes, an unanswered ping).  Returns a
+	 * kill reason, or KILL_NONE.  NULL: none.
+	 */
+	enum conn_kill	(*tick)(struct session *, uint64_t now_ms);
+	/* The session is gone: free c->cstate.  NULL: free() it. */
+	void		(*close)(struct session *);
+};
+
+extern const struct codec codec_line, codec_chunk, codec_websocket, codec_http;
+extern const char *const protocol_names[];	/* by enum fk_protocol, NULL-terminated */
+const struct codec *codec_for(int protocol);
+
+/*
+ * For codecs, from the owner of the session.
+ *
+ * conn_request: one complete request, NUL-terminated at req[len]; req == NULL
+ * says a request was longer than max_line (the service is not called; the
+ * client is told).  "quit"/"exit" end the session.  Returns -1 when the
+ * session is closing, so the codec stops feeding it.
+ */
+int	conn_request(struct session *, char *req, size_t len);
+/* Raw wire bytes, taking out_lock; false when over max_output. */
+bool	conn_write(struct session *, const void *buf, size_t n);
+/* The same with out_lock already held (from codec->output). */
+bool	conn_write_locked(struct session *, const void *buf, size_t n);
+/* End the session once what is queued is flushed (no goodbye is added). */
+void	conn_finish(struct session *);
+
+#endif
