@@ -52,8 +52,13 @@ def conf_text(listeners, **settings):
 
 
 def fmt(v):
+    """A Python value as libconfig text: dicts are groups, lists are lists."""
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, dict):
+        return "{ " + " ".join(f"{k} = {fmt(x)};" for k, x in v.items()) + " }"
+    if isinstance(v, (list, tuple)):
+        return "[ " + ", ".join(fmt(x) for x in v) + " ]"
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return str(v)
