@@ -271,9 +271,10 @@ link_update(void)
 	if (now == CHAN_LINK_UP) {
 		atomic_fetch_add(&rs->links, 1);
 		log_debug("chat: linked to the other hosts through Redis");
-		if (ever_up)
-			say = "* other hosts are in reach again; lines said while they "
-			    "were out of reach were not delivered\r\n";
+		/* at start nobody is there to hear it, unless Redis was late */
+		say = ever_up ? "* other hosts are in reach again; lines said while they "
+		    "were out of reach were not delivered\r\n" :
+		    "* other hosts are in reach now: rooms span them\r\n";
 		ever_up = true;
 	} else {
 		log_debug("chat: the link to Redis is down");
