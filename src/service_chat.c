@@ -506,18 +506,22 @@ static int
 chat_master_init(const struct fk_config *cfg, const void *vconf)
 {
 	const struct chat_conf *conf = vconf;
-	char err[300];
+	char err[300], pw[sizeof(redis_password)] = "";
 
 	(void)cfg;
-	redis_password[0] = '\0';
+	/* a failed reload leaves the running password to respawned workers */
 	if (conf->layer == LAYER_REDIS && conf->redis_password_file[0] != '\0' &&
-	    rp_read_secret(conf->redis_password_file, redis_password,
-	    sizeof(redis_password), err, sizeof(err)) != 0) {
+	    rp_read_secret(conf->redis_password_file, pw, sizeof(pw), err,
+	    sizeof(err)) != 0) {
 		log_warnx("chat.redis_password_file: %s", err);
 		errno = EACCES;
 		return -1;
 	}
-	return chan_setup();
+	if (chan_setup() != 0)
+		return -1;
+	memcpy(redis_password, pw, sizeof(pw));
+	explicit_bzero(pw, sizeof(pw));
+	return 0;
 }
 
 static int

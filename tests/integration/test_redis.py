@@ -483,3 +483,30 @@ def test_hosts_in_network_namespaces(forkd_factory, tmp_path, netns):
         read_until_match(bob, re.compile(r"\[alice\] welcome back"))
     finally:
         r.stop()
+
+
+def test_reload_switches_the_layer(forkd_factory, redis):
+    """A reload forks new workers, which read the new chat settings."""
+    a = forkd_factory([{"service": "chat"}, {"service": "stats"}], workers=2, threads=4)
+    assert stats(a)["chat_redis_link"] == "none"
+    b = host(forkd_factory, redis.port)
+    linked(b)
+    start = len(a.notify.messages)
+    a.write_conf(chat={"layer": "redis", "redis_address": f"127.0.0.1:{redis.port}",
+                       "presence_lease": LEASE})
+    a.signal(signal.SIGHUP)
+    a.notify.wait_for("READY=1", start=a.notify.wait_for("RELOADING=1", start=start) + 1)
+    linked(a)
+    x, y = member(a, "x"), member(b, "y")
+    assert who(x)[2] == {"x", "y"}
+    y.send("across\n")
+    until(x, "[y] across")
+    # and a reload with a password file that cannot be read keeps them linked
+    start = len(a.notify.messages)
+    a.write_conf(chat={"layer": "redis", "redis_address": f"127.0.0.1:{redis.port}",
+                       "redis_password_file": "/nonexistent/pw"})
+    a.signal(signal.SIGHUP)
+    a.notify.wait_for("STATUS=reload failed", start=start)
+    assert "chat.redis_password_file: cannot open '/nonexistent/pw'" in a.log()
+    y.send("still\n")
+    until(x, "[y] still")
