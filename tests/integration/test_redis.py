@@ -510,3 +510,40 @@ def test_reload_switches_the_layer(forkd_factory, redis):
     assert "chat.redis_password_file: cannot open '/nonexistent/pw'" in a.log()
     y.send("still\n")
     until(x, "[y] still")
+
+
+def test_a_slow_subscriber_cut_by_redis_links_up_again(forkd_factory, tmp_path):
+    """Redis closes a subscriber that falls behind (client-output-buffer-limit
+    pubsub): its host is told, as for any lost link, and links up again."""
+    r = Redis(tmp_path, args=["--client-output-buffer-limit", "pubsub 64kb 32kb 1"]).start()
+    try:
+        a, b = host(forkd_factory, r.port), host(forkd_factory, r.port)
+        linked(a, b)
+        alice, bob = member(a, "alice"), member(b, "bob")
+        # carol, on b, is in a quiet room: the notices are for her too
+        carol = member(b, "carol")
+        assert ask(carol, "/join quiet") == "* you joined quiet"
+        # b's processes stop reading; a says far more than the limit and
+        # than the sockets between them hold
+        pids = [b.pid] + b.workers()
+        for p in pids:
+            os.kill(p, signal.SIGSTOP)
+        try:
+            n = 4000
+            alice.send("".join(f"flood {i} {'x' * 4000}\n" for i in range(n)))
+            wait_until(lambda: int(stats(a)["chat_redis_published"]) >= n, 20,
+                       "the flood to be published")
+            wait_until(lambda: b"output buffer limits" in
+                       (r.dir / "redis.log").read_bytes(), 10, "Redis to cut b")
+        finally:
+            for p in pids:
+                os.kill(p, signal.SIGCONT)
+        # (bob, who reads nothing, is dropped as too slow by his own host)
+        read_until_match(carol, DOWN)
+        read_until_match(carol, BACK)
+        linked(a, b)
+        alice.send("/join quiet\n")
+        alice.send("after the cut\n")
+        read_until_match(carol, re.compile(r"\[alice\] after the cut"))
+    finally:
+        r.stop()
