@@ -54,6 +54,10 @@ int	chan_publish(const char *room, const char *line, size_t len);
 int	chan_join(const char *room, const char *nick);
 void	chan_leave(const char *room, const char *nick);
 int	chan_rename(const char *room, const char *from, const char *to);
+/* A member moved here from another process of this host (a handover):
+ * its nick in the room becomes this worker's without being released (taken
+ * again if its entry was lost on the way). */
+int	chan_adopt(const char *room, const char *nick);
 /* "a, b, c" into buf; returns the member count */
 int	chan_who(const char *room, char *buf, size_t len);
 /* "lobby (3), dev (1)" into buf; returns the room count */

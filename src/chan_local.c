@@ -250,6 +250,25 @@ chan_local_leave(const char *room, const char *nick)
 }
 
 int
+chan_local_adopt(const char *room, const char *nick)
+{
+	struct presence *e;
+	int r;
+
+	lock();
+	r = find_room(room);
+	if (r >= 0 && (e = find_member(r, nick)) != NULL) {
+		e->slot = my_slot;
+		e->pid = getpid();
+		unlock();
+		return CHAN_OK;
+	}
+	unlock();
+	/* its old owner died before it let go: the sweep dropped it */
+	return chan_local_join(room, nick);
+}
+
+int
 chan_local_rename(const char *room, const char *from, const char *to)
 {
 	struct presence *e;

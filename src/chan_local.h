@@ -13,6 +13,7 @@ int	 chan_local_start(int slot, const struct chan_limits *, chan_deliver_fn);
 int	 chan_local_publish(const char *room, const char *line, size_t len);
 int	 chan_local_join(const char *room, const char *nick);
 void	 chan_local_leave(const char *room, const char *nick);
+int	 chan_local_adopt(const char *room, const char *nick);
 int	 chan_local_rename(const char *room, const char *from, const char *to);
 int	 chan_local_who(const char *room, char *buf, size_t len);
 int	 chan_local_rooms(char *buf, size_t len);

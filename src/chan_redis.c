@@ -102,6 +102,17 @@ static const char script[] =
 "if op == 'touch' then touch(ARGV[3], ARGV[4]) return 0 end\n"
 "if op == 'reset' then touch(ARGV[3], ARGV[4]) reset(ARGV[3]) return 0 end\n"
 "if op == 'leave' then drop(ARGV[5], ARGV[3], ARGV[4]) return 0 end\n"
+"if op == 'adopt' then\n"
+"  local room, nick, o = ARGV[3], ARGV[4], ARGV[5]\n"
+"  local rk = P..':room:'..room\n"
+"  local cur = redis.call('HGET', rk, nick)\n"
+"  if cur and cur ~= o then redis.call('SREM', P..':held:'..cur, room..' '..nick) end\n"
+"  touch(o, ARGV[6])\n"
+"  redis.call('HSET', rk, nick, o)\n"
+"  redis.call('SADD', P..':rooms', room)\n"
+"  redis.call('SADD', P..':held:'..o, room..' '..nick)\n"
+"  return 0\n"
+"end\n"
 "sweep()\n"
 "if op == 'join' then\n"
 "  local room, nick, o = ARGV[3], ARGV[4], ARGV[5]\n"
@@ -928,6 +939,25 @@ chan_leave(const char *room, const char *nick)
 
 	chan_local_leave(room, nick);
 	post(4, args);
+}
+
+/*
+ * The entry moves from the old owner's held set to ours in one step, so
+ * that nobody can take the nick in between; posted, not waited for: the
+ * handover must not wait on Redis, and the host's table already says so.
+ */
+int
+chan_adopt(const char *room, const char *nick)
+{
+	char lease[16];
+	const char *args[5] = { "adopt", room, nick, owner, lease };
+	int rc;
+
+	if ((rc = chan_local_adopt(room, nick)) != CHAN_OK || !active)
+		return rc;
+	num_arg(lease, lease_ms);
+	post(5, args);
+	return CHAN_OK;
 }
 
 int

@@ -69,6 +69,16 @@ struct codec {
 	 * Returns a kill reason, or KILL_NONE.  NULL: none.
 	 */
 	enum conn_kill	(*tick)(struct session *, uint64_t now_ms);
+	/*
+	 * Handover (a reload moves the session to another process): write the
+	 * codec's per-connection state into buf, at most len bytes, and return
+	 * its size; -1 when the session cannot move now (in the middle of a
+	 * message: it is tried again a little later).  NULL: sessions of this
+	 * codec never move (they drain).  restore rebuilds c->cstate from
+	 * those bytes in the new process: 0, or -1 to refuse the session.
+	 */
+	int		(*save)(struct session *, char *buf, size_t len);
+	int		(*restore)(struct session *, const char *buf, size_t len);
 	/* The session is gone: free c->cstate.  NULL: free() it. */
 	void		(*close)(struct session *);
 };

@@ -29,6 +29,8 @@
 #define OFF(f)		offsetof(struct fk_config, f)
 #define LOFF(f)		offsetof(struct fk_listener, f)
 
+static const char *const reload_sessions_names[] = { "handover", "drain", NULL };
+
 static const char *const log_level_names[] = {
 	"error", "warning", "info", "debug", NULL
 };
@@ -45,6 +47,8 @@ const struct setting config_global_settings[] = {
 	{ "max_line",		SET_INT, OFF(max_line), 64, 1048576, 8192, NULL, NULL },
 	{ "max_output",		SET_INT, OFF(max_output), 4096, 67108864, 262144, NULL, NULL },
 	{ "shutdown_timeout",	SET_INT, OFF(shutdown_timeout), 0, 3600, 10, NULL, NULL },
+	{ "reload_sessions",	SET_ENUM, OFF(reload_sessions), 0, 0, RELOAD_HANDOVER, NULL,
+	    reload_sessions_names },
 	{ "max_requests_per_worker", SET_INT, OFF(max_requests_per_worker), 0, 1000000000, 0, NULL, NULL },
 	{ "worker_timeout",	SET_INT, OFF(worker_timeout), 0, 3600, 30, NULL, NULL },
 	{ "user",		SET_STRING, OFF(user), 0, 64, 0, "forkd", NULL },

@@ -65,6 +65,9 @@ struct fk_listener {
 	int		 line;		/* where it was defined */
 };
 
+/* What a reload does with the sessions the old workers hold. */
+enum { RELOAD_HANDOVER = 0, RELOAD_DRAIN };
+
 struct fk_config {
 	char		*path;
 	int		 workers;	/* resolved: 0 was turned into the CPU count */
@@ -77,6 +80,7 @@ struct fk_config {
 	int		 max_line;
 	int		 max_output;
 	int		 shutdown_timeout;
+	int		 reload_sessions;	/* RELOAD_HANDOVER | RELOAD_DRAIN */
 	int		 max_requests_per_worker;
 	int		 worker_timeout;
 	char		*user;

@@ -20,6 +20,7 @@
 #include "codec.h"
 #include "config.h"
 #include "conn.h"
+#include "handover.h"
 #include "iplimit.h"
 #include "log.h"
 #include "scoreboard.h"
@@ -687,29 +688,17 @@ slot_for(struct worker *w, int fd)
 	return c;
 }
 
-void
-conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer, bool ip_counted)
+/*
+ * An owner may still hold this struct from the fd's last life: it has
+ * closed that fd and has a few steps left, more if it was preempted there.
+ * Sleep until it lets go rather than yield the CPU, which may go to any
+ * busy process for a whole scheduler tick.
+ */
+static void
+own(struct session *c)
 {
-	const struct fk_listener *l = &w->cfg->listeners[li];
-	struct session *c = slot_for(w, fd);
-	struct epoll_event ev;
 	unsigned expect;
-	uint64_t now = now_ms();
 
-	if (c == NULL) {
-		log_warnx("no room for connection on fd %d", fd);
-		if (ip_counted)
-			iplimit_release(w->slot, peer);
-		atomic_fetch_sub(&w->sb->conns, 1);
-		close(fd);
-		return;
-	}
-	/*
-	 * An owner may still hold this struct from the fd's last life: it has
-	 * closed that fd and has a few steps left, more if it was preempted
-	 * there.  Sleep until it lets go rather than yield the CPU, which may
-	 * go to any busy process for a whole scheduler tick.
-	 */
 	for (;;) {
 		expect = 0;
 		if (atomic_compare_exchange_weak(&c->state, &expect, ST_RUN))
@@ -720,6 +709,35 @@ conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer, bool ip
 		    atomic_compare_exchange_weak(&c->state, &expect, expect | ST_WAIT))
 			futex_wait_private(&c->state, expect | ST_WAIT);
 	}
+}
+
+/* The acceptor and the handover both open sessions: keep the highest fd. */
+static void
+note_fd(struct worker *w, int fd)
+{
+	int max = atomic_load(&w->maxfd);
+
+	while (fd > max && !atomic_compare_exchange_weak(&w->maxfd, &max, fd))
+		;
+}
+
+void
+conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer, bool ip_counted)
+{
+	const struct fk_listener *l = &w->cfg->listeners[li];
+	struct session *c = slot_for(w, fd);
+	struct epoll_event ev;
+	uint64_t now = now_ms();
+
+	if (c == NULL) {
+		log_warnx("no room for connection on fd %d", fd);
+		if (ip_counted)
+			iplimit_release(w->slot, peer);
+		atomic_fetch_sub(&w->sb->conns, 1);
+		close(fd);
+		return;
+	}
+	own(c);
 	/* the kernel's send buffer counts against max_output too: left to
 	 * itself it grows to megabytes for a client that does not read */
 	{
@@ -739,6 +757,7 @@ conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer, bool ip
 	atomic_store(&c->tick_due, false);
 	atomic_store(&c->idle_ms, (uint64_t)l->idle_timeout * 1000);
 	c->closing = c->eof = false;
+	c->ho_stay = false;
 	c->out_full = false;
 	atomic_store(&c->kill, KILL_NONE);
 	atomic_store(&c->stalled_ms, 0);
@@ -759,8 +778,7 @@ conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer, bool ip
 		atomic_store(&c->state, 0);
 		return;
 	}
-	if (fd > atomic_load(&w->maxfd))
-		atomic_store(&w->maxfd, fd);
+	note_fd(w, fd);
 	atomic_fetch_add(&w->nconns, 1);	/* sb->conns: counted by the acceptor */
 	atomic_fetch_add_explicit(&w->sb->served, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&w->sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
@@ -831,4 +849,324 @@ conn_kill_all(struct worker *w, enum conn_kill why)
 		if (c != NULL && atomic_load(&c->open))
 			conn_kill(c, why);
 	}
+}
+
+/* ---- handover ---- */
+
+#define HO_PART_MAX	4096	/* a codec's or a service's own state */
+
+/* Let go of a session this thread owns, running what came meanwhile. */
+static void
+release(struct session *c)
+{
+	unsigned expect = ST_RUN;
+
+	if (!atomic_compare_exchange_strong(&c->state, &expect, 0))
+		conn_run(c);
+}
+
+/*
+ * Only a session at rest moves: nothing of its own under way (a request on
+ * the offload thread, its last words, a kill), its state whole.
+ */
+static bool
+movable(const struct session *c)
+{
+	return atomic_load(&c->open) && !atomic_load(&c->held) && !c->closing &&
+	    !c->eof && !c->goodbye_said && c->begun && !c->ho_stay &&
+	    atomic_load(&c->kill) == KILL_NONE && !c->out_full &&
+	    c->codec->save != NULL &&
+	    (c->svc->save != NULL || c->svc->session_size == 0);
+}
+
+struct session *
+conn_take(struct worker *w, int fd)
+{
+	struct session *c;
+	unsigned expect = 0;
+
+	if ((size_t)fd >= w->conns_cap)
+		return NULL;
+	c = __atomic_load_n(&w->conns[fd], __ATOMIC_ACQUIRE);
+	if (c == NULL || !atomic_load(&c->open) || c->ho_stay)
+		return NULL;
+	if (!atomic_compare_exchange_strong(&c->state, &expect, ST_RUN))
+		return NULL;	/* busy: another round */
+	if (!movable(c) || epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL) != 0) {
+		release(c);
+		return NULL;
+	}
+	return c;
+}
+
+int
+conn_save(struct session *c, struct hobuf *b)
+{
+	char part[HO_PART_MAX];
+	int n;
+
+	hob_u32(b, (uint32_t)(c->l - c->w->cfg->listeners));
+	hob_u32(b, (uint32_t)c->l->protocol);
+	hob_bytes(b, c->svc->name, strlen(c->svc->name));
+	hob_bytes(b, &c->l->addr, c->l->addrlen);
+	hob_bytes(b, &c->peer_addr, c->peer_addr.ss_family == AF_INET6 ?
+	    sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+	hob_u32(b, c->ip_counted);
+	hob_u64(b, atomic_load(&c->last_line_ms));
+	hob_u64(b, atomic_load(&c->idle_ms));
+	/* what the client sent and nobody has answered yet, in order */
+	hob_u32(b, c->in.discarding);
+	hob_bytes(b, c->in.buf, c->in.len);
+	hob_bytes(b, c->heldbuf, c->heldlen);
+	/* what was queued for it and not yet sent */
+	pthread_mutex_lock(&c->out_lock);
+	hob_bytes(b, c->out + c->out_off, c->out_len - c->out_off);
+	pthread_mutex_unlock(&c->out_lock);
+	if ((n = c->codec->save(c, part, sizeof(part))) < 0)
+		return -1;
+	hob_bytes(b, part, (size_t)n);
+	n = c->svc->save != NULL ? c->svc->save(c, part, sizeof(part)) : 0;
+	if (n < 0)
+		return -1;
+	hob_bytes(b, part, (size_t)n);
+	return b->err ? -1 : 0;
+}
+
+void
+conn_handed(struct session *c, bool moved)
+{
+	struct worker *w = c->w;
+	struct sb_slot *sb = w->sb;
+	struct epoll_event ev;
+
+	if (!moved) {
+		if (c->svc->handed != NULL)
+			c->svc->handed(c, false);
+		ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+		ev.data.ptr = c;
+		if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
+			log_warn("%s: cannot watch the connection again", c->peer);
+			conn_close(c, KILL_NONE);
+		}
+		atomic_fetch_or(&c->state, ST_PEND);
+		conn_run(c);
+		return;
+	}
+	/* it lives on in the other worker: no close hook, no goodbye, and
+	 * never shutdown(), which would end it there too */
+	if (c->svc->handed != NULL)
+		c->svc->handed(c, true);
+	pthread_mutex_lock(&c->out_lock);
+	atomic_store(&c->open, false);
+	free(c->out);
+	c->out = NULL;
+	c->out_len = c->out_off = c->out_cap = 0;
+	c->out_full = false;
+	pthread_mutex_unlock(&c->out_lock);
+	if (c->codec->close != NULL)
+		c->codec->close(c);
+	else
+		free(c->cstate);
+	c->cstate = NULL;
+	c->begun = false;
+	atomic_store(&c->tick_ms, 0);
+	atomic_store(&c->tick_due, false);
+	free(c->heldbuf);
+	c->heldbuf = NULL;
+	c->heldlen = 0;
+	framer_reset(&c->in);
+	free(c->data);
+	c->data = NULL;
+	log_debug("%s: handed over", c->peer);
+	close(c->fd);
+	c->fd = -1;
+	if (c->ip_counted)
+		iplimit_release(w->slot, (struct sockaddr *)&c->peer_addr);
+	c->ip_counted = false;
+	atomic_fetch_sub(&sb->conns, 1);
+	atomic_fetch_sub_explicit(&sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
+	atomic_fetch_sub_explicit(&sb->proto_conns[c->l->protocol], 1, memory_order_relaxed);
+	atomic_fetch_sub(&w->nconns, 1);
+	conn_run(c);		/* lets go; whatever was pending finds it closed */
+}
+
+/* The listener the session came in on, in this worker's configuration. */
+static int
+find_listener(const struct fk_config *cfg, uint32_t li, uint32_t proto, const char *svc,
+    size_t svclen, const char *addr, size_t addrlen)
+{
+	size_t i;
+
+	for (i = 0; i < cfg->nlisteners; i++) {
+		/* the same index first: two listeners may share an address */
+		size_t k = (li + i) % cfg->nlisteners;
+		const struct fk_listener *l = &cfg->listeners[k];
+
+		if ((uint32_t)l->protocol == proto && strlen(l->service->name) == svclen &&
+		    memcmp(l->service->name, svc, svclen) == 0 &&
+		    (size_t)l->addrlen == addrlen && memcmp(&l->addr, addr, addrlen) == 0)
+			return (int)k;
+	}
+	return -1;
+}
+
+struct session *
+conn_adopt(struct worker *w, int fd, const char *state, size_t len, char *why, size_t whylen)
+{
+	struct horead r = { state, len, 0, false };
+	const char *svc, *laddr, *peer, *inbuf, *held, *out, *cpart, *spart;
+	size_t svclen, laddrlen, peerlen, inlen, heldlen, outlen, clen, slen;
+	uint32_t li, proto, ip_counted, discarding;
+	uint64_t last_line, idle;
+	struct session *c;
+	int k;
+
+	li = hor_u32(&r);
+	proto = hor_u32(&r);
+	svc = hor_bytes(&r, &svclen, 64);
+	laddr = hor_bytes(&r, &laddrlen, sizeof(struct sockaddr_storage));
+	peer = hor_bytes(&r, &peerlen, sizeof(struct sockaddr_storage));
+	ip_counted = hor_u32(&r);
+	last_line = hor_u64(&r);
+	idle = hor_u64(&r);
+	discarding = hor_u32(&r);
+	inbuf = hor_bytes(&r, &inlen, (size_t)w->cfg->max_line + 1);
+	held = hor_bytes(&r, &heldlen, SIZE_MAX);
+	out = hor_bytes(&r, &outlen, SIZE_MAX);
+	cpart = hor_bytes(&r, &clen, HO_PART_MAX);
+	spart = hor_bytes(&r, &slen, HO_PART_MAX);
+	if (r.err || r.off != r.len || peerlen < sizeof(struct sockaddr_in)) {
+		snprintf(why, whylen, "its state does not read back");
+		return NULL;
+	}
+	if ((k = find_listener(w->cfg, li, proto, svc, svclen, laddr, laddrlen)) < 0) {
+		snprintf(why, whylen, "its listener is not in the new configuration");
+		return NULL;
+	}
+	if ((c = slot_for(w, fd)) == NULL) {
+		snprintf(why, whylen, "no room for fd %d", fd);
+		return NULL;
+	}
+	own(c);
+	{
+		int sndbuf = w->cfg->max_output / 2;
+
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+	}
+	c->fd = fd;
+	c->l = &w->cfg->listeners[k];
+	c->svc = c->l->service;
+	c->svc_idx = service_index(c->svc);
+	c->svc_conf = c->l->svc_conf != NULL ? c->l->svc_conf : w->cfg->service_conf[c->svc_idx];
+	c->codec = c->l->codec != NULL ? c->l->codec : &codec_line;
+	c->cstate = NULL;
+	c->goodbye_said = false;
+	c->begun = true;
+	atomic_store(&c->tick_ms, 0);
+	atomic_store(&c->tick_due, false);
+	atomic_store(&c->idle_ms, idle);
+	c->closing = c->eof = false;
+	c->ho_stay = false;
+	c->out_full = false;
+	atomic_store(&c->kill, KILL_NONE);
+	atomic_store(&c->stalled_ms, 0);
+	atomic_store(&c->last_line_ms, last_line);
+	memset(&c->peer_addr, 0, sizeof(c->peer_addr));
+	memcpy(&c->peer_addr, peer, peerlen);
+	sockaddr_text((struct sockaddr *)&c->peer_addr, c->peer, sizeof(c->peer));
+	c->ip_counted = false;
+	c->data = NULL;
+	c->heldbuf = NULL;
+	c->heldlen = 0;
+	framer_init(&c->in, (size_t)w->cfg->max_line);
+	if (framer_restore(&c->in, inbuf, inlen, discarding != 0) != 0 ||
+	    (heldlen > 0 && (c->heldbuf = malloc(heldlen)) == NULL) ||
+	    (c->svc->session_size > 0 && (c->data = calloc(1, c->svc->session_size)) == NULL))
+		goto fail;
+	memcpy(c->heldbuf, held, heldlen);
+	c->heldlen = heldlen;
+	pthread_mutex_lock(&c->out_lock);
+	c->out_off = c->out_len = 0;
+	if (outlen > 0 && (c->out == NULL || c->out_cap < outlen)) {
+		free(c->out);
+		c->out_cap = 0;
+		if ((c->out = malloc(outlen)) == NULL) {
+			pthread_mutex_unlock(&c->out_lock);
+			goto fail;
+		}
+		c->out_cap = outlen;
+	}
+	if (outlen > 0)
+		memcpy(c->out, out, outlen);
+	c->out_len = outlen;
+	atomic_store(&c->open, true);
+	pthread_mutex_unlock(&c->out_lock);
+	if (c->codec->restore == NULL || c->codec->restore(c, cpart, clen) != 0) {
+		snprintf(why, whylen, "the %s codec cannot take it", c->codec->name);
+		goto fail_open;
+	}
+	if (slen > 0 && (c->svc->restore == NULL || c->svc->restore(c, spart, slen) != 0)) {
+		snprintf(why, whylen, "the %s service cannot take it", c->svc->name);
+		goto fail_codec;
+	}
+	/* one place under max_connections and per address, now this worker's */
+	if (ip_counted && w->cfg->max_connections_per_ip > 0) {
+		iplimit_add(w->slot, (struct sockaddr *)&c->peer_addr);
+		c->ip_counted = true;
+	}
+	note_fd(w, fd);
+	atomic_fetch_add(&w->sb->conns, 1);
+	atomic_fetch_add(&w->nconns, 1);
+	atomic_fetch_add_explicit(&w->sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&w->sb->proto_conns[c->l->protocol], 1, memory_order_relaxed);
+	log_debug("%s: adopted (%s, %s)", c->peer, c->svc->name, c->codec->name);
+	return c;
+
+fail_codec:
+	if (c->codec->close != NULL)
+		c->codec->close(c);
+	else
+		free(c->cstate);
+	c->cstate = NULL;
+fail_open:
+	pthread_mutex_lock(&c->out_lock);
+	atomic_store(&c->open, false);
+	pthread_mutex_unlock(&c->out_lock);
+	goto undo;
+fail:
+	snprintf(why, whylen, "out of memory");
+undo:
+	pthread_mutex_lock(&c->out_lock);
+	free(c->out);
+	c->out = NULL;
+	c->out_len = c->out_off = c->out_cap = 0;
+	pthread_mutex_unlock(&c->out_lock);
+	free(c->heldbuf);
+	c->heldbuf = NULL;
+	c->heldlen = 0;
+	framer_reset(&c->in);
+	free(c->data);
+	c->data = NULL;
+	c->fd = -1;		/* the caller closes its descriptor */
+	c->begun = false;
+	release(c);
+	return NULL;
+}
+
+void
+conn_adopted(struct session *c)
+{
+	struct epoll_event ev;
+
+	ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+	ev.data.ptr = c;
+	if (epoll_ctl(c->w->epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
+		log_warn("%s: cannot watch the connection", c->peer);
+		conn_close(c, KILL_NONE);
+		release(c);
+		return;
+	}
+	/* send what was queued, then take up what the client had sent */
+	atomic_fetch_or(&c->state, ST_PEND);
+	conn_run(c);
 }

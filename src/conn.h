@@ -68,6 +68,8 @@ struct session {
 	size_t			 out_len, out_off, out_cap;
 	bool			 out_full;
 
+	bool			 ho_stay;	/* a handover refused it: it drains here */
+
 	struct sockaddr_storage	 peer_addr;
 	bool			 ip_counted;	/* holds a max_connections_per_ip slot */
 
@@ -88,5 +90,22 @@ void	conn_kill(struct session *, enum conn_kill);
 void	conn_sweep(struct worker *, uint64_t now);
 /* kill every open connection */
 void	conn_kill_all(struct worker *, enum conn_kill);
+
+/*
+ * Handover (handover.c), from the worker's main thread.  conn_take makes it
+ * the owner of the session on fd when that session is idle and can move,
+ * and stops watching it (EPOLL_CTL_DEL); NULL otherwise.  conn_save writes
+ * its state; conn_handed settles it: moved, it is forgotten without a word
+ * to the client or the service's close; not moved, it is watched and
+ * served again.  conn_adopt makes a session of a saved state and a socket
+ * (owned, not yet watched: conn_adopted starts it once the old worker knows).
+ */
+struct hobuf;
+struct session *conn_take(struct worker *, int fd);
+int	conn_save(struct session *, struct hobuf *);
+void	conn_handed(struct session *, bool moved);
+struct session *conn_adopt(struct worker *, int fd, const char *state, size_t len,
+	    char *why, size_t whylen);
+void	conn_adopted(struct session *);
 
 #endif

@@ -22,6 +22,16 @@ framer_reset(struct framer *f)
 	f->discarding = false;
 }
 
+static bool keep(struct framer *, const char *, size_t);
+
+int
+framer_restore(struct framer *f, const char *data, size_t n, bool discarding)
+{
+	framer_reset(f);
+	f->discarding = discarding;
+	return n == 0 || keep(f, data, n) ? 0 : -1;
+}
+
 size_t
 framer_pending(const struct framer *f)
 {

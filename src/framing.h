@@ -33,6 +33,9 @@ int	framer_feed(struct framer *, char *data, size_t n, frame_fn fn, void *arg);
  * over-long line being discarded ends here too.
  */
 int	framer_flush(struct framer *, frame_fn fn, void *arg);
+/* Start again from a saved unfinished line (a session handed over by
+ * another process); -1 when it does not fit max_line. */
+int	framer_restore(struct framer *, const char *data, size_t n, bool discarding);
 /* bytes held for an unfinished line */
 size_t	framer_pending(const struct framer *);
 

@@ -152,6 +152,26 @@ iplimit_acquire(int slot, const struct sockaddr *addr, int limit)
 }
 
 void
+iplimit_add(int slot, const struct sockaddr *addr)
+{
+	uint16_t epoch = (uint16_t)atomic_load(&scoreboard->slot[slot].epoch);
+	uint8_t key[17];
+	struct ipent *e;
+
+	make_key(addr, key);
+	lock();
+	e = lookup(key, true);
+	if (e != NULL) {
+		if (e->epoch[slot] != epoch) {
+			e->epoch[slot] = epoch;
+			e->count[slot] = 0;
+		}
+		e->count[slot]++;
+	}
+	pthread_mutex_unlock(&tab->lock);
+}
+
+void
 iplimit_release(int slot, const struct sockaddr *addr)
 {
 	uint16_t epoch = (uint16_t)atomic_load(&scoreboard->slot[slot].epoch);

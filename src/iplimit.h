@@ -13,6 +13,9 @@
 int	iplimit_create(void);
 /* Count one more connection from addr unless it already has limit. */
 bool	iplimit_acquire(int slot, const struct sockaddr *addr, int limit);
+/* Count one more whatever the limit: a connection that moved from another
+ * worker, which gives its own count back. */
+void	iplimit_add(int slot, const struct sockaddr *addr);
 void	iplimit_release(int slot, const struct sockaddr *addr);
 
 #endif

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "chan.h"
+#include "handover.h"
 #include "iplimit.h"
 #include "listener.h"
 #include "log.h"
@@ -51,6 +52,7 @@
 #define TAG_WAKE	3
 #define TAG_CTL		4
 #define TAG_CTL_CLIENT	5	/* + index << 8 */
+#define TAG_HAND	6	/* + slot << 8 */
 
 struct wk {
 	pid_t		 pid;
@@ -105,6 +107,10 @@ static struct {
 	uint64_t	 wd_interval_ms;
 	uint64_t	 wd_last_ms;
 	char		 note[300];	/* shown after the counts in STATUS= */
+	/* the reload whose old workers hand their sessions over */
+	bool		 ho_reload;
+	uint64_t	 reload_t0;
+	uint64_t	 ho_moved0, ho_failed0;
 	int		 chat_link;	/* CHAN_LINK_*, as last logged */
 } M;
 
@@ -160,6 +166,16 @@ update_status(bool force)
 	n = live_workers(M.cur.id, true);
 	snprintf(counts, sizeof(counts), "%d worker%s, %ld client%s, %llu served",
 	    n, PLURAL(n), t.conns, PLURAL(t.conns), (unsigned long long)t.served);
+	{
+		uint64_t moved = atomic_load(&scoreboard->handed_over),
+		    failed = atomic_load(&scoreboard->handover_failed);
+		size_t at = strlen(counts);
+
+		if (moved > 0 || failed > 0)
+			snprintf(counts + at, sizeof(counts) - at, ", %llu handed over, "
+			    "%llu handover%s failed", (unsigned long long)moved,
+			    (unsigned long long)failed, PLURAL(failed));
+	}
 	link = chan_link();
 	if (link != M.chat_link) {
 		/* said once for the whole host, not by each worker */
@@ -212,7 +228,7 @@ static int
 spawn(struct generation *g)
 {
 	struct worker_args a;
-	int slot;
+	int slot, theirs;
 	pid_t pid;
 
 	for (slot = 0; slot < FK_MAX_SLOTS; slot++)
@@ -228,10 +244,17 @@ spawn(struct generation *g)
 	atomic_store(&scoreboard->slot[slot].generation, g->id);
 	atomic_store(&scoreboard->slot[slot].started_ms, now_ms());
 	atomic_store(&scoreboard->slot[slot].heartbeat_ms, now_ms());
+	/* without its pair a worker serves, but sessions cannot move to it */
+	if (ho_master_pair(slot, &theirs) < 0) {
+		log_warn("cannot make the handover socket of worker %d", slot);
+		theirs = -1;
+	}
 	pid = fork();
 	if (pid < 0) {
 		log_warn("cannot fork a worker");
 		atomic_store(&scoreboard->slot[slot].state, SLOT_FREE);
+		if (theirs >= 0)
+			close(theirs);
 		return -1;
 	}
 	if (pid == 0) {
@@ -240,13 +263,23 @@ spawn(struct generation *g)
 		a.slot = slot;
 		a.generation = g->id;
 		a.master_wake = M.wakefd;
+		a.hand_fd = theirs;
 		a.uid = M.uid;
 		a.gid = M.gid;
 		close_inherited(g->lfds, g->cfg->nlisteners);
+		ho_master_close_all();
 		atomic_store(&scoreboard->slot[slot].pid, getpid());
 		worker_run(&a);
 	}
 	atomic_store(&scoreboard->slot[slot].pid, pid);
+	if (theirs >= 0) {
+		struct epoll_event ev = { .events = EPOLLIN,
+		    .data.u64 = TAG_HAND | ((uint64_t)slot << 8) };
+
+		close(theirs);
+		if (epoll_ctl(M.epfd, EPOLL_CTL_ADD, ho_master_fd(slot), &ev) != 0)
+			log_warn("cannot watch the handover socket of worker %d", slot);
+	}
 	memset(&M.wk[slot], 0, sizeof(M.wk[slot]));
 	M.wk[slot].pid = pid;
 	M.wk[slot].gen = g->id;
@@ -262,6 +295,39 @@ retire(int slot, int sig)
 		return;
 	M.wk[slot].retiring = true;
 	kill(M.wk[slot].pid, sig);
+}
+
+/* Retire a worker gracefully: its sessions move to the others, or drain. */
+static void
+retire_gracefully(int slot, const struct fk_config *cfg)
+{
+	retire(slot, cfg->reload_sessions == RELOAD_HANDOVER ? SIGUSR1 : SIGQUIT);
+}
+
+/*
+ * Where a session handed over goes: the worker of the serving generation
+ * that holds the fewest, counting those already on their way to it.
+ */
+static int
+pick_target(int from)
+{
+	long best = -1;
+	int i, to = -1;
+
+	for (i = 0; i < FK_MAX_SLOTS; i++) {
+		long load;
+
+		if (i == from || M.wk[i].pid <= 0 || M.wk[i].gen != M.cur.id ||
+		    !M.wk[i].ready || M.wk[i].retiring || M.wk[i].recycle ||
+		    atomic_load(&scoreboard->slot[i].state) != SLOT_READY)
+			continue;
+		load = atomic_load(&scoreboard->slot[i].conns) + ho_master_pending(i);
+		if (best < 0 || load < best) {
+			best = load;
+			to = i;
+		}
+	}
+	return to;
 }
 
 /* Keep the current generation at its target size. */
@@ -292,7 +358,7 @@ ensure_workers(void)
 			break;
 		log_info("retiring worker %d (pid %ld): %d wanted", newest,
 		    (long)M.wk[newest].pid, M.target);
-		retire(newest, SIGQUIT);
+		retire_gracefully(newest, M.cur.cfg);
 		have--;
 	}
 }
@@ -441,6 +507,7 @@ start_reload(void)
 		return;
 	}
 	M.reload_seq++;
+	M.reload_t0 = now_ms();
 	notify_reloading();
 	log_info("reloading %s", M.cur.cfg->path);
 	cfg = config_load(M.cur.cfg->path, &errs);
@@ -498,11 +565,19 @@ start_reload(void)
 static void
 finish_reload(void)
 {
-	int i;
+	int i, n = 0;
 
-	for (i = 0; i < FK_MAX_SLOTS; i++)
-		if (M.wk[i].pid > 0 && M.wk[i].gen != M.next.id)
-			retire(i, SIGQUIT);
+	M.ho_reload = M.next.cfg->reload_sessions == RELOAD_HANDOVER;
+	M.ho_moved0 = atomic_load(&scoreboard->handed_over);
+	M.ho_failed0 = atomic_load(&scoreboard->handover_failed);
+	for (i = 0; i < FK_MAX_SLOTS; i++) {
+		if (M.wk[i].pid > 0 && M.wk[i].gen != M.next.id) {
+			retire_gracefully(i, M.next.cfg);
+			n++;
+		}
+	}
+	if (n == 0)
+		M.ho_reload = false;
 	free(M.cur.lfds);
 	config_free(M.cur.cfg);
 	M.cur = M.next;
@@ -611,7 +686,7 @@ handle_recycles(void)
 		return;
 	}
 	if (busy >= 0 && live_workers(M.cur.id, true) >= M.target)
-		retire(busy, SIGQUIT);
+		retire_gracefully(busy, M.cur.cfg);
 }
 
 static void
@@ -652,6 +727,29 @@ on_worker_news(void)
 	}
 }
 
+/* The last old worker of a reload is gone: say what moved. */
+static void
+handover_done(void)
+{
+	uint64_t moved, failed;
+	int i;
+
+	for (i = 0; i < FK_MAX_SLOTS; i++)
+		if (M.wk[i].pid > 0 && M.wk[i].gen != M.cur.id)
+			return;
+	M.ho_reload = false;
+	moved = atomic_load(&scoreboard->handed_over) - M.ho_moved0;
+	failed = atomic_load(&scoreboard->handover_failed) - M.ho_failed0;
+	log_info("reload took %llu ms: %llu session%s handed over to the new workers%s",
+	    (unsigned long long)(now_ms() - M.reload_t0), (unsigned long long)moved,
+	    PLURAL(moved), failed > 0 ? ", some after a failed try" : "");
+	if (failed > 0)
+		log_warnx("%llu handover%s failed: those sessions stayed with their old "
+		    "worker and were offered again", (unsigned long long)failed,
+		    PLURAL(failed));
+	update_status(true);
+}
+
 static void
 give_up(const char *why)
 {
@@ -685,7 +783,11 @@ reap(void)
 			continue;
 		w = M.wk[slot];
 		memset(&M.wk[slot], 0, sizeof(M.wk[slot]));
+		/* what it answered before it died counts; the rest comes back */
+		ho_master_gone(slot, -1, pick_target);
 		scoreboard_retire(slot);
+		if (M.ho_reload && w.gen != M.cur.id)
+			handover_done();
 		lived = now_ms() - w.started_ms;
 		describe_status(status, how, sizeof(how));
 		if (w.recycle) {
@@ -1206,6 +1308,9 @@ master_run(struct fk_config *cfg)
 			case TAG_WAKE:		on_worker_news(); break;
 			case TAG_CTL:		on_ctl_accept(); break;
 			case TAG_CTL_CLIENT:	on_ctl_client((int)(tag >> 8)); break;
+			case TAG_HAND:
+				ho_master_event((int)(tag >> 8), -1, pick_target);
+				break;
 			}
 		}
 		if (!M.stopping)

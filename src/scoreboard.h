@@ -61,6 +61,10 @@ struct scoreboard {
 	_Atomic uint64_t	retired_proto_served[FK_MAX_PROTOCOLS];
 	_Atomic uint64_t	retired_proto_requests[FK_MAX_PROTOCOLS];
 	_Atomic uint64_t	retired_closed[FK_MAX_KILLS];
+	/* sessions moved to another worker by a handover (counted by the
+	 * worker that adopted them), and offers that came back refused */
+	_Atomic uint64_t	handed_over;
+	_Atomic uint64_t	handover_failed;
 	/* acceptors that sit out wait on this futex; any accept bumps it */
 	_Atomic uint32_t	accept_seq;
 	_Atomic int		accept_waiters;

@@ -53,6 +53,21 @@ struct service {
 	 * and websocket listeners answer 426.
 	 */
 	void		(*http)(struct session *, const struct http_request *);
+	/*
+	 * Handover: a reload moves the session, with its socket, to a worker
+	 * of the new generation.  save writes the session's state (room, nick)
+	 * into buf, at most len bytes, and returns its size, or -1 when it
+	 * cannot move (it then stays and drains).  restore, in the new worker,
+	 * rebuilds session_data from those bytes without a word to anyone (no
+	 * greeting, no "joined"): 0, or -1 to refuse it.  handed tells the old
+	 * worker how it went: moved, the session is gone from here (forget it
+	 * silently: no close, no "left"); not moved, it stays (take back what
+	 * restore may have taken over in the other process).  save NULL: a
+	 * service with session_size 0 moves as it is, any other stays.
+	 */
+	int		(*save)(struct session *, char *buf, size_t len);
+	int		(*restore)(struct session *, const char *buf, size_t len);
+	void		(*handed)(struct session *, bool moved);
 	/* takes binary WebSocket messages (as requests; the replies to one go
 	 * back as one binary message); otherwise they are refused (close 1003) */
 	bool		 binary;

@@ -347,6 +347,76 @@ chat_close(struct session *s)
 	leave(session_data(s), "");
 }
 
+/*
+ * Handover.  The state is "ROOM NICK" ("" for no room): what the member is
+ * to everyone else.  Its presence entry is taken over, never released, so
+ * nobody sees it leave or can take its nick meanwhile.
+ */
+static int
+chat_save(struct session *s, char *buf, size_t len)
+{
+	struct member *m = session_data(s);
+	int n;
+
+	pthread_mutex_lock(&rooms_lock);
+	n = snprintf(buf, len, "%s %s", m->room != NULL ? m->room->name : "", m->nick);
+	pthread_mutex_unlock(&rooms_lock);
+	return n < 0 || (size_t)n >= len ? -1 : n;
+}
+
+static int
+chat_restore(struct session *s, const char *buf, size_t len)
+{
+	struct member *m = session_data(s);
+	char room[NAME_MAX_LEN + 1];
+	const char *sp = memchr(buf, ' ', len);
+	size_t rlen;
+	struct lroom *r;
+
+	if (sp == NULL || (rlen = (size_t)(sp - buf)) > NAME_MAX_LEN ||
+	    (rlen > 0 && !valid_name(buf, rlen)) ||
+	    !valid_name(sp + 1, len - rlen - 1))
+		return -1;
+	m->s = s;
+	memcpy(room, buf, rlen);
+	room[rlen] = '\0';
+	memcpy(m->nick, sp + 1, len - rlen - 1);
+	m->nick[len - rlen - 1] = '\0';
+	if (rlen == 0)
+		return 0;
+	if (chan_adopt(room, m->nick) != CHAN_OK)
+		return -1;
+	pthread_mutex_lock(&rooms_lock);
+	if ((r = lroom_get(room, true)) == NULL) {
+		pthread_mutex_unlock(&rooms_lock);
+		return -1;
+	}
+	m->room = r;
+	m->prev = NULL;
+	m->next = r->head;
+	if (r->head != NULL)
+		r->head->prev = m;
+	r->head = m;
+	pthread_mutex_unlock(&rooms_lock);
+	return 0;
+}
+
+static void
+chat_handed(struct session *s, bool moved)
+{
+	struct member *m = session_data(s);
+	char room[NAME_MAX_LEN + 1] = "";
+
+	pthread_mutex_lock(&rooms_lock);
+	if (m->room != NULL)
+		snprintf(room, sizeof(room), "%s", m->room->name);
+	if (moved)
+		lroom_remove(m);	/* its lines go to the new worker now */
+	pthread_mutex_unlock(&rooms_lock);
+	if (!moved && room[0] != '\0')
+		chan_adopt(room, m->nick);
+}
+
 static void
 cmd_nick(struct session *s, struct member *m, const char *arg, size_t len)
 {
@@ -566,4 +636,7 @@ const struct service service_chat = {
 	.open = chat_open,
 	.line = chat_line,
 	.close = chat_close,
+	.save = chat_save,
+	.restore = chat_restore,
+	.handed = chat_handed,
 };

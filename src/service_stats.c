@@ -65,6 +65,10 @@ stats_all(struct session *s)
 	    (unsigned long long)atomic_load(&scoreboard->reloads));
 	session_reply(s, "STAT reload_failures %llu",
 	    (unsigned long long)atomic_load(&scoreboard->reload_failures));
+	session_reply(s, "STAT sessions_handed_over %llu",
+	    (unsigned long long)atomic_load(&scoreboard->handed_over));
+	session_reply(s, "STAT handovers_failed %llu",
+	    (unsigned long long)atomic_load(&scoreboard->handover_failed));
 	{
 		static const char *const link_names[] = { "none", "down", "up" };
 		struct chan_counters cc;

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "conn.h"
+#include "handover.h"
 #include "iplimit.h"
 #include "log.h"
 #include "pool.h"
@@ -46,6 +47,7 @@
 #define TAG_SIGNAL	1
 #define TAG_TIMER	2
 #define TAG_WATCH	3
+#define TAG_HAND	4
 #define TAG_ACCWAKE	UINT64_MAX	/* in the acceptor's set; listeners use their index */
 
 static struct worker W;
@@ -378,6 +380,7 @@ setup(struct worker *w, const struct worker_args *a)
 	sigaddset(&mine, SIGTERM);
 	sigaddset(&mine, SIGINT);
 	sigaddset(&mine, SIGQUIT);
+	sigaddset(&mine, SIGUSR1);
 	w->sigfd = signalfd(-1, &mine, SFD_CLOEXEC | SFD_NONBLOCK);
 	w->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
 	w->watchfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
@@ -403,6 +406,12 @@ setup(struct worker *w, const struct worker_args *a)
 	epoll_ctl(w->loopfd, EPOLL_CTL_ADD, w->watchfd, &ev);
 	ev.data.u64 = TAG_ACCWAKE;
 	epoll_ctl(w->accfd, EPOLL_CTL_ADD, w->accwake, &ev);
+	if (a->hand_fd >= 0) {
+		ho_worker_init(w, a->hand_fd);
+		ev.data.u64 = (uint64_t)TAG_HAND;
+		if (epoll_ctl(w->loopfd, EPOLL_CTL_ADD, a->hand_fd, &ev) != 0)
+			return -1;
+	}
 	for (i = 0; i < w->cfg->nlisteners; i++) {
 		ev.events = EPOLLIN | EPOLLEXCLUSIVE;
 		ev.data.u64 = i;
@@ -447,6 +456,11 @@ on_signal(struct worker *w)
 		case SIGQUIT:		/* retired by a reload or a recycle */
 			start_drain(w, true);
 			break;
+		case SIGUSR1:		/* retired: the sessions go to the others */
+			start_drain(w, true);
+			if (!w->stopping)
+				ho_worker_start(w);
+			break;
 		case SIGTERM:
 		case SIGINT:
 			start_drain(w, false);
@@ -480,9 +494,11 @@ on_tick(struct worker *w)
 	atomic_store(&w->sb->heartbeat_ms, MIN(now, w->pool_moving_ms));
 	if (getppid() != w->master) {
 		log_warnx("the master (pid %ld) is gone: stopping", (long)w->master);
+		ho_worker_abort(w);
 		start_drain(w, false);
 	}
 	conn_sweep(w, now);
+	ho_worker_tick(w);
 	if (w->recycle_at != 0 && !w->draining &&
 	    atomic_load(&w->sb->served) >= w->recycle_at) {
 		/* the master starts a successor, then retires us gracefully */
@@ -536,6 +552,8 @@ worker_run(const struct worker_args *a)
 				on_tick(w);
 			else if (tag == TAG_WATCH)
 				on_watch(w);
+			else if (tag == TAG_HAND)
+				ho_worker_event(w);
 		}
 	}
 

@@ -20,6 +20,7 @@ struct worker_args {
 	int			 slot;
 	unsigned		 generation;
 	int			 master_wake;	/* eventfd: "look at the scoreboard" */
+	int			 hand_fd;	/* handover records with the master */
 	uid_t			 uid;		/* drop to these when root (-1: stay) */
 	gid_t			 gid;
 };

@@ -212,8 +212,10 @@ def test_reload_adds_and_removes_listeners(forkd_factory, tmp_path):
 
 def test_five_reloads_under_continuous_load(forkd_factory, tmp_path, capsys):
     shutdown_timeout = 4
+    # the drain: sessions stay with their generation (test_handover.py has
+    # the default, where they move)
     d = reloadable(forkd_factory, tmp_path, workers=2, threads=4,
-                   shutdown_timeout=shutdown_timeout)
+                   shutdown_timeout=shutdown_timeout, reload_sessions="drain")
     prefixes = ["Echo: "] + [f"g{g}: " for g in range(2, 7)]
     allowed = {p + "x" for p in prefixes}
     stop = threading.Event()
