@@ -888,7 +888,7 @@ conn_take(struct worker *w, int fd)
 	if ((size_t)fd >= w->conns_cap)
 		return NULL;
 	c = __atomic_load_n(&w->conns[fd], __ATOMIC_ACQUIRE);
-	if (c == NULL || !atomic_load(&c->open) || c->ho_stay)
+	if (c == NULL || !atomic_load(&c->open))
 		return NULL;
 	if (!atomic_compare_exchange_strong(&c->state, &expect, ST_RUN))
 		return NULL;	/* busy: another round */
