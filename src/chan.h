@@ -12,9 +12,16 @@
  * strings; nothing here knows about sessions or sockets.
  */
 
-/* Called, on a thread of the layer's own, for every line published to a
- * room by another process. */
-typedef void (*chan_deliver_fn)(const char *room, const char *line, size_t len);
+#include <stdint.h>
+
+/*
+ * Called, on a thread of the layer's own, for every line published to a
+ * room by another process.  seq is the line's place in the order every
+ * process of this host sees the room's lines in (rising; 0 for a line from
+ * another host, which has no place in it).
+ */
+typedef void (*chan_deliver_fn)(const char *room, const char *line, size_t len,
+    uint64_t seq);
 
 struct chan_limits {
 	int	max_rooms;
@@ -42,8 +49,22 @@ int	chan_use_redis(const struct chan_redis *, chan_notice_fn);
 /* worker: start receiving */
 int	chan_start(int slot, const struct chan_limits *, chan_deliver_fn);
 
-/* Send a line to the room's members in the other processes. */
-int	chan_publish(const char *room, const char *line, size_t len);
+/*
+ * Send a line to the room's members in the other processes.  local, when
+ * not NULL, hands it to this process's members first, with the line's seq,
+ * in the order the other processes will see it (called even when the line
+ * cannot be sent on, with seq 0).
+ */
+int	chan_publish(const char *room, const char *line, size_t len,
+	    chan_deliver_fn local);
+/*
+ * For a member that moves between processes (a handover): fn(seq, arg) runs
+ * while no line of the room can be published, with the seq of the last one
+ * that was; every later line has a greater one.
+ */
+void	chan_mark(const char *room, void (*fn)(uint64_t seq, void *arg), void *arg);
+/* The seq of the last line of the room this process has delivered. */
+uint64_t chan_seen(const char *room);
 
 /* Presence: nick unique within a room, counted against the limits. */
 #define CHAN_OK		0

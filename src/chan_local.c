@@ -36,6 +36,8 @@
 #define ROOMS_CAP	100000
 #define LINE_MAX_LEN	(64 * 1024)
 #define RING_BYTES	(512 * 1024)	/* per worker slot; a power of two */
+#define ORDER_LOCKS	256		/* rooms hash to one of these */
+#define REC_HEAD	13		/* u32 len, u8 room len, u64 seq */
 
 struct presence {
 	int32_t		slot;		/* -1: free */
@@ -49,7 +51,8 @@ struct room_entry {
 	char		name[NAME_MAX_LEN + 1];
 };
 
-/* lines waiting for one worker: records of [u32 len][u8 room len][room][line] */
+/* lines waiting for one worker: records of
+ * [u32 len][u8 room len][u64 seq][room][line] */
 struct ring {
 	pthread_mutex_t	 lock;
 	_Atomic uint32_t seq;		/* futex word: bumped on every append */
@@ -63,6 +66,14 @@ struct chan_shm {
 	_Atomic unsigned guest;
 	uint32_t	 presence_hw;	/* entries below have been used */
 	uint32_t	 rooms_hw;
+	/*
+	 * A room's lines are numbered and written to every worker's ring under
+	 * its order lock, so every worker sees them in one order: a member
+	 * that moves to another worker (a handover) can be handed from one to
+	 * the other at a line, none lost, none twice.
+	 */
+	pthread_mutex_t	 order[ORDER_LOCKS];
+	uint64_t	 order_seq[ORDER_LOCKS];
 	struct presence	 presence[PRESENCE_CAP];
 	struct room_entry rooms[ROOMS_CAP];
 	struct ring	 rings[FK_MAX_SLOTS];
@@ -73,6 +84,7 @@ static bool		 started;
 static int		 my_slot;
 static struct chan_limits limits;
 static chan_deliver_fn	 deliver;
+static _Atomic uint64_t	 seen[ORDER_LOCKS];	/* last seq delivered, this worker */
 static _Atomic uint64_t	 dropped;
 static _Atomic uint64_t	 dropped_logged_ms;
 
@@ -97,6 +109,8 @@ chan_local_setup(void)
 	pthread_mutex_init(&shm->lock, &ma);
 	for (i = 0; i < FK_MAX_SLOTS; i++)
 		pthread_mutex_init(&shm->rings[i].lock, &ma);
+	for (i = 0; i < ORDER_LOCKS; i++)
+		pthread_mutex_init(&shm->order[i], &ma);
 	pthread_mutexattr_destroy(&ma);
 	return 0;
 }
@@ -411,6 +425,32 @@ ring_copy_out(const struct ring *r, uint64_t at, void *dst, size_t n)
 	memcpy((char *)dst + first, r->data, n - first);
 }
 
+static unsigned
+room_hash(const char *s)
+{
+	unsigned h = 2166136261u;
+
+	while (*s)
+		h = (h ^ (unsigned char)*s++) * 16777619u;
+	return h % ORDER_LOCKS;
+}
+
+void
+chan_local_mark(const char *room, void (*fn)(uint64_t, void *), void *arg)
+{
+	unsigned h = room_hash(room);
+
+	lock_mutex(&shm->order[h]);
+	fn(shm->order_seq[h], arg);
+	pthread_mutex_unlock(&shm->order[h]);
+}
+
+uint64_t
+chan_local_seen(const char *room)
+{
+	return atomic_load(&seen[room_hash(room)]);
+}
+
 static long
 futex(_Atomic uint32_t *word, int op, uint32_t val)
 {
@@ -438,20 +478,23 @@ receiver(void *arg)
 			futex(&r->seq, FUTEX_WAIT, seq);
 			continue;
 		}
-		for (at = 0; at + 5 <= n; ) {
+		for (at = 0; at + REC_HEAD <= n; ) {
 			uint32_t len;
+			uint64_t sq;
 			size_t rlen;
 
 			memcpy(&len, buf + at, 4);
 			rlen = (unsigned char)buf[at + 4];
-			if (len < 5 + rlen || at + len > n)
+			memcpy(&sq, buf + at + 5, 8);
+			if (len < REC_HEAD + rlen || at + len > n)
 				break;		/* cannot happen: only we write here */
 			{
 				char room[NAME_MAX_LEN + 1];
 
-				memcpy(room, buf + at + 5, rlen);
+				memcpy(room, buf + at + REC_HEAD, rlen);
 				room[rlen] = '\0';
-				deliver(room, buf + at + 5 + rlen, len - 5 - rlen);
+				deliver(room, buf + at + REC_HEAD + rlen, len - REC_HEAD - rlen, sq);
+				atomic_store(&seen[room_hash(room)], sq);
 			}
 			at += len;
 		}
@@ -486,17 +529,28 @@ chan_local_start(int slot, const struct chan_limits *lim, chan_deliver_fn fn)
 }
 
 int
-chan_local_publish(const char *room, const char *line, size_t len)
+chan_local_publish(const char *room, const char *line, size_t len, chan_deliver_fn local)
 {
 	size_t rlen = strlen(room);
 	uint32_t total;
+	uint64_t sq;
+	unsigned h;
 	int i;
 
-	if (!started || rlen == 0 || rlen > NAME_MAX_LEN)
+	if (!started || rlen == 0 || rlen > NAME_MAX_LEN) {
+		if (local != NULL)
+			local(room, line, len, 0);
 		return -1;
+	}
 	if (len > LINE_MAX_LEN)
 		len = LINE_MAX_LEN;
-	total = (uint32_t)(5 + rlen + len);
+	total = (uint32_t)(REC_HEAD + rlen + len);
+	h = room_hash(room);
+	lock_mutex(&shm->order[h]);
+	sq = ++shm->order_seq[h];
+	if (local != NULL)
+		local(room, line, len, sq);
+	atomic_store(&seen[h], sq);
 	for (i = 0; i < FK_MAX_SLOTS; i++) {
 		struct ring *r = &shm->rings[i];
 		int st = atomic_load(&scoreboard->slot[i].state);
@@ -510,8 +564,9 @@ chan_local_publish(const char *room, const char *line, size_t len)
 		if (fits) {
 			ring_copy_in(r, r->head, &total, 4);
 			ring_copy_in(r, r->head + 4, &rl, 1);
-			ring_copy_in(r, r->head + 5, room, rlen);
-			ring_copy_in(r, r->head + 5 + rlen, line, len);
+			ring_copy_in(r, r->head + 5, &sq, 8);
+			ring_copy_in(r, r->head + REC_HEAD, room, rlen);
+			ring_copy_in(r, r->head + REC_HEAD + rlen, line, len);
 			r->head += total;
 		} else {
 			r->dropped++;
@@ -532,5 +587,6 @@ chan_local_publish(const char *room, const char *line, size_t len)
 			}
 		}
 	}
+	pthread_mutex_unlock(&shm->order[h]);
 	return 0;
 }

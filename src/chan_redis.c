@@ -425,7 +425,7 @@ on_push(const redisReply *r)
 	if (strcmp(m.host, rs->host) == 0)
 		return;		/* this host's workers had it through the rings */
 	atomic_fetch_add_explicit(&rs->received, 1, memory_order_relaxed);
-	deliver(m.room, m.line, m.len);
+	deliver(m.room, m.line, m.len, 0);
 }
 
 static void *
@@ -864,14 +864,26 @@ chan_start(int slot, const struct chan_limits *lim, chan_deliver_fn fn)
 	return 0;
 }
 
+void
+chan_mark(const char *room, void (*fn)(uint64_t, void *), void *arg)
+{
+	chan_local_mark(room, fn, arg);
+}
+
+uint64_t
+chan_seen(const char *room)
+{
+	return chan_local_seen(room);
+}
+
 int
-chan_publish(const char *room, const char *line, size_t len)
+chan_publish(const char *room, const char *line, size_t len, chan_deliver_fn local)
 {
 	struct item *it;
 	size_t cap;
 	int n;
 
-	if (chan_local_publish(room, line, len) != 0)
+	if (chan_local_publish(room, line, len, local) != 0)
 		return -1;
 	/* lines said while the link is down are not kept for later */
 	if (!active || !atomic_load_explicit(&link_up, memory_order_relaxed))

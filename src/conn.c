@@ -902,9 +902,14 @@ conn_take(struct worker *w, int fd)
 int
 conn_save(struct session *c, struct hobuf *b)
 {
-	char part[HO_PART_MAX];
-	int n;
+	char part[HO_PART_MAX], spart[HO_PART_MAX];
+	int n, sn;
 
+	/* the service first: from here on what others send it waits aside,
+	 * so the output queue below is all it had */
+	sn = c->svc->save != NULL ? c->svc->save(c, spart, sizeof(spart)) : 0;
+	if (sn < 0)
+		return -1;
 	hob_u32(b, (uint32_t)(c->l - c->w->cfg->listeners));
 	hob_u32(b, (uint32_t)c->l->protocol);
 	hob_bytes(b, c->svc->name, strlen(c->svc->name));
@@ -923,25 +928,25 @@ conn_save(struct session *c, struct hobuf *b)
 	hob_bytes(b, c->out + c->out_off, c->out_len - c->out_off);
 	pthread_mutex_unlock(&c->out_lock);
 	if ((n = c->codec->save(c, part, sizeof(part))) < 0)
-		return -1;
-	hob_bytes(b, part, (size_t)n);
-	n = c->svc->save != NULL ? c->svc->save(c, part, sizeof(part)) : 0;
-	if (n < 0)
-		return -1;
-	hob_bytes(b, part, (size_t)n);
+		b->err = true;
+	else
+		hob_bytes(b, part, (size_t)n);
+	hob_bytes(b, spart, (size_t)sn);
 	return b->err ? -1 : 0;
 }
 
 void
-conn_handed(struct session *c, bool moved)
+conn_handed(struct session *c, bool moved, uint64_t mark, char **tail, size_t *tlen)
 {
 	struct worker *w = c->w;
 	struct sb_slot *sb = w->sb;
 	struct epoll_event ev;
 
+	*tail = NULL;
+	*tlen = 0;
 	if (!moved) {
 		if (c->svc->handed != NULL)
-			c->svc->handed(c, false);
+			c->svc->handed(c, false, 0, tail, tlen);
 		ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 		ev.data.ptr = c;
 		if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
@@ -955,7 +960,7 @@ conn_handed(struct session *c, bool moved)
 	/* it lives on in the other worker: no close hook, no goodbye, and
 	 * never shutdown(), which would end it there too */
 	if (c->svc->handed != NULL)
-		c->svc->handed(c, true);
+		c->svc->handed(c, true, mark, tail, tlen);
 	pthread_mutex_lock(&c->out_lock);
 	atomic_store(&c->open, false);
 	free(c->out);
@@ -1011,7 +1016,8 @@ find_listener(const struct fk_config *cfg, uint32_t li, uint32_t proto, const ch
 }
 
 struct session *
-conn_adopt(struct worker *w, int fd, const char *state, size_t len, char *why, size_t whylen)
+conn_adopt(struct worker *w, int fd, const char *state, size_t len, uint64_t *mark,
+    char *why, size_t whylen)
 {
 	struct horead r = { state, len, 0, false };
 	const char *svc, *laddr, *peer, *inbuf, *held, *out, *cpart, *spart;
@@ -1021,6 +1027,7 @@ conn_adopt(struct worker *w, int fd, const char *state, size_t len, char *why, s
 	struct session *c;
 	int k;
 
+	*mark = 0;
 	li = hor_u32(&r);
 	proto = hor_u32(&r);
 	svc = hor_bytes(&r, &svclen, 64);
@@ -1105,7 +1112,8 @@ conn_adopt(struct worker *w, int fd, const char *state, size_t len, char *why, s
 		snprintf(why, whylen, "the %s codec cannot take it", c->codec->name);
 		goto fail_open;
 	}
-	if (slen > 0 && (c->svc->restore == NULL || c->svc->restore(c, spart, slen) != 0)) {
+	if (slen > 0 && (c->svc->restore == NULL ||
+	    c->svc->restore(c, spart, slen, mark) != 0)) {
 		snprintf(why, whylen, "the %s service cannot take it", c->svc->name);
 		goto fail_codec;
 	}
@@ -1151,6 +1159,13 @@ undo:
 	c->begun = false;
 	release(c);
 	return NULL;
+}
+
+void
+conn_tail(struct session *c, const char *buf, size_t len)
+{
+	if (c->svc->tail != NULL)
+		c->svc->tail(c, buf, len);
 }
 
 void

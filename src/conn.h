@@ -103,9 +103,12 @@ void	conn_kill_all(struct worker *, enum conn_kill);
 struct hobuf;
 struct session *conn_take(struct worker *, int fd);
 int	conn_save(struct session *, struct hobuf *);
-void	conn_handed(struct session *, bool moved);
+void	conn_handed(struct session *, bool moved, uint64_t mark, char **tail,
+	    size_t *tlen);
 struct session *conn_adopt(struct worker *, int fd, const char *state, size_t len,
-	    char *why, size_t whylen);
+	    uint64_t *mark, char *why, size_t whylen);
+/* the old worker's last words for it (a mark said it waits for them) */
+void	conn_tail(struct session *, const char *buf, size_t len);
 void	conn_adopted(struct session *);
 
 #endif

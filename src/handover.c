@@ -269,6 +269,12 @@ static struct {
 		struct session	*c;
 	}		 fly[HO_WINDOW];
 	int		 nfly;
+	/* adopted here, waiting for the old worker's tail */
+	struct parked {
+		uint64_t	 id;
+		struct session	*c;
+		struct parked	*next;
+	}		*parked;
 } H = { .fd = -1 };
 
 void
@@ -278,13 +284,77 @@ ho_worker_init(struct worker *w, int fd)
 	H.fd = fd;
 }
 
+/* A record with state bytes: inline, or in a memfd when large. */
+static int
+send_state(int sock, struct ho_hdr *h, int fd, const char *state, size_t len)
+{
+	int fds[2] = { fd, -1 }, nfds = fd >= 0 ? 1 : 0, rc;
+
+	h->len = (uint32_t)len;
+	h->memfd = 0;
+	if (len > HO_INLINE_MAX) {
+		/* a long output queue: in a file of its own, not in the socket */
+		if ((fds[nfds] = memfd_create("forkd-session", MFD_CLOEXEC)) < 0)
+			return -1;
+		if (write_full(fds[nfds], state, len) != 0) {
+			close(fds[nfds]);
+			return -1;
+		}
+		h->memfd = 1;
+		nfds++;
+	}
+	rc = send_record(sock, h, h->memfd ? NULL : state, h->memfd ? 0 : len, fds, nfds);
+	if (h->memfd)
+		close(fds[nfds - 1]);
+	return rc;
+}
+
+/* The same for a record that must go: wait a little for room. */
+static int
+send_state_wait(int sock, struct ho_hdr *h, const char *state, size_t len)
+{
+	uint64_t end = now_ms() + HO_REPLY_MS;
+
+	for (;;) {
+		struct pollfd p = { sock, POLLOUT, 0 };
+		uint64_t now;
+
+		if (send_state(sock, h, -1, state, len) == 0)
+			return 0;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return -1;
+		now = now_ms();
+		if (now >= end)
+			return -1;
+		poll(&p, 1, (int)(end - now));
+	}
+}
+
+/* The state bytes of a record: inline, or read from its memfd (malloc'd
+ * into *own). NULL when unreadable. */
+static const char *
+record_state(const struct ho_hdr *h, const char *inl, size_t len, int memfd, char **own)
+{
+	*own = NULL;
+	if (!h->memfd)
+		return len == h->len ? inl : NULL;
+	if (memfd < 0 || (*own = malloc(h->len ? h->len : 1)) == NULL)
+		return NULL;
+	if (pread(memfd, *own, h->len, 0) != (ssize_t)h->len) {
+		free(*own);
+		*own = NULL;
+		return NULL;
+	}
+	return *own;
+}
+
 /* Offer one session: 0 sent, -1 it stays (and why in errno). */
 static int
 offer(struct worker *w, struct session *c)
 {
 	struct hobuf b = { NULL, 0, 0, false };
 	struct ho_hdr h;
-	int fds[2], nfds = 1, rc;
+	int rc;
 
 	memset(&h, 0, sizeof(h));
 	h.magic = HO_MAGIC;
@@ -297,24 +367,7 @@ offer(struct worker *w, struct session *c)
 		errno = ENOMEM;
 		return -1;
 	}
-	h.len = (uint32_t)b.len;
-	fds[0] = c->fd;
-	fds[1] = -1;
-	if (b.len > HO_INLINE_MAX) {
-		/* a long output queue: in a file of its own, not in the socket */
-		if ((fds[1] = memfd_create("forkd-session", MFD_CLOEXEC)) < 0 ||
-		    write_full(fds[1], b.p, b.len) != 0) {
-			if (fds[1] >= 0)
-				close(fds[1]);
-			free(b.p);
-			return -1;
-		}
-		h.memfd = 1;
-		nfds = 2;
-	}
-	rc = send_record(H.fd, &h, h.memfd ? NULL : b.p, h.memfd ? 0 : b.len, fds, nfds);
-	if (fds[1] >= 0)
-		close(fds[1]);
+	rc = send_state(H.fd, &h, c->fd, b.p, b.len);
 	free(b.p);
 	if (rc != 0)
 		return -1;
@@ -322,6 +375,16 @@ offer(struct worker *w, struct session *c)
 	H.fly[H.nfly].c = c;
 	H.nfly++;
 	return 0;
+}
+
+static void
+stays(struct session *c)
+{
+	char *tail;
+	size_t tlen;
+
+	conn_handed(c, false, 0, &tail, &tlen);
+	free(tail);
 }
 
 /* Offer what can go now, up to the window. */
@@ -341,7 +404,7 @@ pump(struct worker *w)
 			} else {
 				log_warn("%s: cannot offer the session", c->peer);
 			}
-			conn_handed(c, false);
+			stays(c);
 		}
 	}
 }
@@ -376,7 +439,16 @@ ho_worker_abort(struct worker *w)
 	(void)w;
 	H.active = false;
 	while (H.nfly > 0)
-		conn_handed(H.fly[--H.nfly].c, false);
+		stays(H.fly[--H.nfly].c);
+	/* no tail can come any more */
+	while (H.parked != NULL) {
+		struct parked *p = H.parked;
+
+		H.parked = p->next;
+		conn_tail(p->c, NULL, 0);
+		conn_adopted(p->c);
+		free(p);
+	}
 }
 
 /* The master's answer about one of ours. */
@@ -396,8 +468,24 @@ settle(struct worker *w, const struct ho_hdr *h)
 		H.fly[i] = H.fly[--H.nfly];
 		H.paused = false;
 		if (h->type == HO_ACK) {
+			char *tail;
+			size_t tlen;
+
 			atomic_fetch_add(&scoreboard->handed_over, 1);
-			conn_handed(c, true);
+			conn_handed(c, true, h->mark, &tail, &tlen);
+			if (h->mark != 0) {
+				struct ho_hdr t;
+
+				memset(&t, 0, sizeof(t));
+				t.magic = HO_MAGIC;
+				t.version = HO_VERSION;
+				t.type = HO_TAIL;
+				t.id = h->id;
+				t.from = w->slot;
+				if (send_state_wait(H.fd, &t, tail, tlen) != 0)
+					log_warn("cannot send a session's last lines on");
+			}
+			free(tail);
 			return;
 		}
 		atomic_fetch_add(&scoreboard->handover_failed, 1);
@@ -406,9 +494,31 @@ settle(struct worker *w, const struct ho_hdr *h)
 			    "until it ends or shutdown_timeout passes", c->peer);
 			c->ho_stay = true;
 		}
-		conn_handed(c, false);
+		stays(c);
 	}
-	(void)w;
+}
+
+/* The old worker's last words for a session parked here. */
+static void
+tail_came(const struct ho_hdr *h, const char *inl, size_t len, int memfd)
+{
+	struct parked **pp, *p;
+	const char *state;
+	char *own;
+
+	for (pp = &H.parked; (p = *pp) != NULL; pp = &p->next)
+		if (p->id == h->id)
+			break;
+	if (p == NULL)
+		return;
+	*pp = p->next;
+	state = record_state(h, inl, len, memfd, &own);
+	if (state == NULL)
+		log_warnx("%s: the old worker's last lines could not be read", p->c->peer);
+	conn_tail(p->c, state, state != NULL ? h->len : 0);
+	free(own);
+	conn_adopted(p->c);
+	free(p);
 }
 
 /* A session offered to us. */
@@ -417,35 +527,36 @@ adopt(struct worker *w, const struct ho_hdr *h, const char *inl, size_t len, int
 {
 	struct ho_hdr a;
 	struct session *c = NULL;
+	struct parked *p = NULL;
 	char why[128] = "";
-	char *state = NULL;
+	const char *state;
+	char *own = NULL;
+	uint64_t mark = 0;
 
 	memset(&a, 0, sizeof(a));
 	a.magic = HO_MAGIC;
 	a.version = HO_VERSION;
 	a.id = h->id;
 	a.from = h->from;
-	if (h->magic != HO_MAGIC || h->version != HO_VERSION || fds[0] < 0 ||
-	    (h->memfd && fds[1] < 0) || (!h->memfd && len != h->len)) {
+	if (h->magic != HO_MAGIC || h->version != HO_VERSION || fds[0] < 0) {
 		snprintf(why, sizeof(why), "a record this forkd cannot read (version %u)",
 		    (unsigned)h->version);
 	} else if (w->draining) {
 		snprintf(why, sizeof(why), "this worker is retiring");
-	} else if (h->memfd) {
-		if ((state = malloc(h->len ? h->len : 1)) == NULL ||
-		    pread(fds[1], state, h->len, 0) != (ssize_t)h->len)
-			snprintf(why, sizeof(why), "its state cannot be read");
-		else
-			c = conn_adopt(w, fds[0], state, h->len, why, sizeof(why));
+	} else if ((p = calloc(1, sizeof(*p))) == NULL) {
+		snprintf(why, sizeof(why), "out of memory");
+	} else if ((state = record_state(h, inl, len, fds[1], &own)) == NULL) {
+		snprintf(why, sizeof(why), "its state cannot be read");
 	} else {
-		c = conn_adopt(w, fds[0], inl, len, why, sizeof(why));
+		c = conn_adopt(w, fds[0], state, h->len, &mark, why, sizeof(why));
 	}
-	free(state);
+	free(own);
 	if (fds[1] >= 0)
 		close(fds[1]);
 	fds[1] = -1;
 	if (c == NULL) {
 		log_warnx("refusing a session handed over: %s", why);
+		free(p);
 		close_fds(fds);
 		a.type = HO_NACK;
 		a.reason = w->draining ? HO_BUSY : HO_REFUSED;
@@ -455,10 +566,20 @@ adopt(struct worker *w, const struct ho_hdr *h, const char *inl, size_t len, int
 	}
 	fds[0] = -1;		/* the session's now */
 	a.type = HO_ACK;
+	a.mark = mark;
 	if (send_answer(H.fd, &a) != 0)
 		log_warn("%s: cannot confirm the handover", c->peer);
-	/* the old worker lets go only now: until here nobody read the socket */
-	conn_adopted(c);
+	if (mark == 0) {
+		/* the old worker lets go only now: until here nobody read it */
+		free(p);
+		conn_adopted(c);
+		return;
+	}
+	/* served once the old worker's last lines for it are here */
+	p->id = h->id;
+	p->c = c;
+	p->next = H.parked;
+	H.parked = p;
 }
 
 void
@@ -474,9 +595,11 @@ ho_worker_event(struct worker *w)
 			adopt(w, &h, buf, len, fds);
 		else if (h.magic == HO_MAGIC && (h.type == HO_ACK || h.type == HO_NACK))
 			settle(w, &h);
+		else if (h.magic == HO_MAGIC && h.type == HO_TAIL)
+			tail_came(&h, buf, len, fds[1]);
 		close_fds(fds);
 	}
-	if (r < 0 && H.nfly > 0)
+	if (r < 0 && (H.nfly > 0 || H.parked != NULL))
 		ho_worker_abort(w);
 	pump(w);
 }
@@ -486,6 +609,7 @@ ho_worker_event(struct worker *w)
 struct flight {
 	uint64_t	 id;
 	int		 from, to;
+	bool		 acked;		/* the new worker waits for the tail */
 	struct flight	*next;
 };
 
@@ -603,20 +727,79 @@ relay_offer(int slot, struct ho_hdr *h, const char *state, size_t len, int fds[2
 	pending[to]++;
 }
 
+/* An empty tail: the old worker is gone, the new one must not wait. */
+static void
+tail_lost(const struct flight *f)
+{
+	struct ho_hdr t;
+
+	if (mfd[f->to] < 0)
+		return;
+	memset(&t, 0, sizeof(t));
+	t.magic = HO_MAGIC;
+	t.version = HO_VERSION;
+	t.type = HO_TAIL;
+	t.id = f->id;
+	t.from = f->from;
+	if (send_answer(mfd[f->to], &t) != 0)
+		log_warn("cannot tell worker %d a session's last lines are lost", f->to);
+}
+
+static struct flight **
+find_flight(uint64_t id, int from, int to)
+{
+	struct flight **pp;
+
+	for (pp = &flights; *pp != NULL; pp = &(*pp)->next)
+		if ((*pp)->id == id && (from < 0 || (*pp)->from == from) &&
+		    (to < 0 || (*pp)->to == to))
+			return pp;
+	return NULL;
+}
+
 static void
 relay_answer(int slot, const struct ho_hdr *h)
 {
 	struct flight **pp, *f;
 
-	for (pp = &flights; (f = *pp) != NULL; pp = &f->next)
-		if (f->id == h->id && f->to == slot)
-			break;
-	if (f == NULL)
+	if ((pp = find_flight(h->id, -1, slot)) == NULL || (*pp)->acked)
 		return;
-	*pp = f->next;
+	f = *pp;
 	pending[slot]--;
+	if (f->from < 0) {
+		/* its old worker died meanwhile: nothing more comes from there */
+		if (h->type == HO_ACK && h->mark != 0)
+			tail_lost(f);
+		*pp = f->next;
+		free(f);
+		return;
+	}
 	if (f->from >= 0 && mfd[f->from] >= 0 && send_answer(mfd[f->from], h) != 0)
 		log_warn("cannot tell worker %d how a handover went", f->from);
+	if (h->type == HO_ACK && h->mark != 0) {
+		f->acked = true;	/* its tail follows */
+		return;
+	}
+	*pp = f->next;
+	free(f);
+}
+
+static void
+relay_tail(int slot, struct ho_hdr *h, const char *state, size_t len, int fds[2])
+{
+	struct flight **pp, *f;
+	int n = 0, i;
+
+	if ((pp = find_flight(h->id, slot, -1)) == NULL || !(*pp)->acked)
+		return;
+	f = *pp;
+	*pp = f->next;
+	for (i = 0; i < 2; i++)
+		if (fds[i] >= 0)
+			n++;
+	if (mfd[f->to] >= 0 && send_record(mfd[f->to], h, state, len, fds, n) != 0 &&
+	    (errno != EAGAIN || send_answer(mfd[f->to], h) != 0))
+		log_warn("cannot pass a session's last lines to worker %d", f->to);
 	free(f);
 }
 
@@ -636,6 +819,8 @@ ho_master_event(int slot, int fd, int (*pick)(int))
 			relay_offer(slot, &h, buf, len, fds, pick);
 		else if (h.type == HO_ACK || h.type == HO_NACK)
 			relay_answer(slot, &h);
+		else if (h.type == HO_TAIL)
+			relay_tail(slot, &h, buf, len, fds);
 		close_fds(fds);
 	}
 }
@@ -650,16 +835,22 @@ ho_master_gone(int slot, int fd, int (*pick)(int))
 	/* answers it sent before it died still count */
 	ho_master_event(slot, fd, pick);
 	for (pp = &flights; (f = *pp) != NULL;) {
-		if (f->to == slot || f->from == slot) {
-			*pp = f->next;
-			if (f->to == slot) {
-				pending[slot]--;
-				nack(f->from, f->id, HO_BUSY);
-			}
-			free(f);
-		} else {
+		if (f->from == slot && f->to != slot && !f->acked) {
+			/* the new worker's answer settles it */
+			f->from = -1;
 			pp = &f->next;
+			continue;
 		}
+		if (f->to != slot && f->from != slot) {
+			pp = &f->next;
+			continue;
+		}
+		*pp = f->next;
+		if (f->to == slot && !f->acked)
+			nack(f->from, f->id, HO_BUSY);	/* it stays where it was */
+		else if (f->from == slot && f->acked)
+			tail_lost(f);
+		free(f);
 	}
 	close(mfd[slot]);
 	mfd[slot] = -1;

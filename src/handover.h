@@ -4,6 +4,7 @@
  *
  *   old worker --offer(fd, state)--> master --offer--> new worker
  *   old worker <------- ack/nack --- master <-- ack/nack --'
+ *   old worker --tail (last words)-> master --tail----> new worker
  *
  * Each worker has a SOCK_SEQPACKET socketpair with the master, made before
  * it is forked; one record is one message.  The socket travels as
@@ -30,6 +31,7 @@ enum ho_type {
 	HO_OFFER = 1,	/* a session: its socket (+ memfd) and state */
 	HO_ACK,		/* adopted: the old worker forgets it */
 	HO_NACK,	/* not adopted: the old worker keeps it */
+	HO_TAIL,	/* after an ack with a mark: what the old worker still owed */
 };
 
 enum ho_nack {
@@ -46,6 +48,7 @@ struct ho_hdr {
 	uint32_t	reason;		/* HO_NACK: enum ho_nack */
 	uint32_t	len;		/* state bytes: inline after the header, or in the memfd */
 	uint32_t	memfd;		/* 1: a second descriptor holds the state */
+	uint64_t	mark;		/* HO_ACK: the service's mark (0: no tail follows) */
 };
 
 /* A growing buffer for a session's state; err once anything failed. */

@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct session;
 struct setting;
@@ -55,19 +56,28 @@ struct service {
 	void		(*http)(struct session *, const struct http_request *);
 	/*
 	 * Handover: a reload moves the session, with its socket, to a worker
-	 * of the new generation.  save writes the session's state (room, nick)
-	 * into buf, at most len bytes, and returns its size, or -1 when it
-	 * cannot move (it then stays and drains).  restore, in the new worker,
-	 * rebuilds session_data from those bytes without a word to anyone (no
-	 * greeting, no "joined"): 0, or -1 to refuse it.  handed tells the old
-	 * worker how it went: moved, the session is gone from here (forget it
-	 * silently: no close, no "left"); not moved, it stays (take back what
-	 * restore may have taken over in the other process).  save NULL: a
-	 * service with session_size 0 moves as it is, any other stays.
+	 * of the new generation.  save (old worker) writes the session's state
+	 * (room, nick) into buf, at most len bytes, and returns its size, or -1
+	 * when it cannot move (it then stays and drains); from then on what
+	 * others send it may be kept aside.  restore (new worker) rebuilds
+	 * session_data from those bytes without a word to anyone (no greeting,
+	 * no "joined"): 0, or -1 to refuse it; *mark, when not 0, says the new
+	 * worker waits for the old one's last words (tail) before it serves.
+	 * handed (old worker) says how it went: moved, the session is gone
+	 * from here (forget it silently: no close, no "left"), and what the
+	 * client must still get before anything from the new worker goes in
+	 * *tail (malloc'd, *tlen bytes; only with a mark); not moved, it stays
+	 * (send what was kept aside, take back what restore took over).  tail
+	 * (new worker) queues those bytes; the session is served from then on.
+	 * save NULL: a service with session_size 0 moves as it is, any other
+	 * stays.
 	 */
 	int		(*save)(struct session *, char *buf, size_t len);
-	int		(*restore)(struct session *, const char *buf, size_t len);
-	void		(*handed)(struct session *, bool moved);
+	int		(*restore)(struct session *, const char *buf, size_t len,
+			    uint64_t *mark);
+	void		(*handed)(struct session *, bool moved, uint64_t mark,
+			    char **tail, size_t *tlen);
+	void		(*tail)(struct session *, const char *buf, size_t len);
 	/* takes binary WebSocket messages (as requests; the replies to one go
 	 * back as one binary message); otherwise they are refused (close 1003) */
 	bool		 binary;

@@ -13,12 +13,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "chan.h"
 #include "config.h"
 #include "log.h"
 #include "redis_proto.h"
 #include "service.h"
+#include "util.h"
 
 #define NAME_MAX_LEN	32
 #define LIST_MAX	65536	/* bytes of a /who or /rooms reply */
@@ -97,11 +99,31 @@ chat_check(const void *vconf, const char **key, char *msg, size_t len)
 	return 0;
 }
 
+/* A room line kept aside while its member moves to another worker. */
+struct aside {
+	struct aside	*next;
+	uint64_t	 seq;
+	size_t		 len;
+	char		 line[];
+};
+
+#define ASIDE_MAX	(1024 * 1024)	/* bytes kept aside for one member */
+
 struct member {
 	struct session	*s;
 	struct member	*prev, *next;	/* in its local room */
 	struct lroom	*room;		/* NULL: in no room */
 	char		 nick[NAME_MAX_LEN + 1];
+	/*
+	 * A handover (under rooms_lock): while `moving`, the room's lines wait
+	 * in `aside` (the old worker: until it knows where the new one takes
+	 * over; the new one: until the old one's last lines came).  Lines up
+	 * to skip_upto are the old worker's to deliver.
+	 */
+	bool		 moving;
+	uint64_t	 skip_upto;
+	struct aside	*aside, **aside_tail;
+	size_t		 aside_bytes;
 };
 
 /* The members of a room that this worker holds. */
@@ -168,29 +190,86 @@ lroom_remove(struct member *m)
 	}
 }
 
+/* rooms_lock held */
+static void
+aside_add(struct member *m, const char *line, size_t len, uint64_t seq)
+{
+	struct aside *a;
+
+	if (m->aside_bytes + len > ASIDE_MAX || (a = malloc(sizeof(*a) + len)) == NULL)
+		return;		/* a member that far behind is dropped as too slow anyway */
+	a->next = NULL;
+	a->seq = seq;
+	a->len = len;
+	memcpy(a->line, line, len);
+	if (m->aside == NULL)
+		m->aside_tail = &m->aside;
+	*m->aside_tail = a;
+	m->aside_tail = &a->next;
+	m->aside_bytes += len;
+}
+
+/* rooms_lock held: send what waited (up to seq upto; 0: all), free the rest */
+static void
+aside_flush(struct member *m, uint64_t upto, bool send)
+{
+	struct aside *a, *next;
+
+	for (a = m->aside; a != NULL; a = next) {
+		next = a->next;
+		if (send && (upto == 0 || (a->seq != 0 && a->seq <= upto)))
+			session_send(m->s, a->line, a->len);
+		free(a);
+	}
+	m->aside = NULL;
+	m->aside_tail = &m->aside;
+	m->aside_bytes = 0;
+}
+
+/* rooms_lock held */
+static void
+deliver_to(struct member *m, const char *line, size_t len, uint64_t seq)
+{
+	if (seq != 0 && seq <= m->skip_upto)
+		return;
+	if (m->moving) {
+		aside_add(m, line, len, seq);
+		return;
+	}
+	session_send(m->s, line, len);
+	session_wake(m->s);
+}
+
 /* Hand a line to the local members of a room, except one. */
 static void
-deliver_local(const char *room, const char *line, size_t len, const struct member *except)
+deliver_local(const char *room, const char *line, size_t len, uint64_t seq,
+    const struct member *except)
 {
 	struct lroom *r;
 	struct member *m;
 
 	pthread_mutex_lock(&rooms_lock);
 	r = lroom_get(room, false);
-	for (m = r != NULL ? r->head : NULL; m != NULL; m = m->next) {
-		if (m == except)
-			continue;
-		session_send(m->s, line, len);
-		session_wake(m->s);
-	}
+	for (m = r != NULL ? r->head : NULL; m != NULL; m = m->next)
+		if (m != except)
+			deliver_to(m, line, len, seq);
 	pthread_mutex_unlock(&rooms_lock);
 }
 
 /* from the channel layer: lines published by other workers */
 static void
-deliver_remote(const char *room, const char *line, size_t len)
+deliver_remote(const char *room, const char *line, size_t len, uint64_t seq)
 {
-	deliver_local(room, line, len, NULL);
+	deliver_local(room, line, len, seq, NULL);
+}
+
+/* the sender's own worker: its members hear it in the room's order */
+static __thread const struct member *sender;
+
+static void
+deliver_own(const char *room, const char *line, size_t len, uint64_t seq)
+{
+	deliver_local(room, line, len, seq, sender);
 }
 
 /* from the channel layer: news for everyone (the link to other hosts) */
@@ -204,10 +283,8 @@ notice_all(const char *line, size_t len)
 	pthread_mutex_lock(&rooms_lock);
 	for (i = 0; i < ROOM_BUCKETS; i++) {
 		for (r = buckets[i]; r != NULL; r = r->next) {
-			for (m = r->head; m != NULL; m = m->next) {
-				session_send(m->s, line, len);
-				session_wake(m->s);
-			}
+			for (m = r->head; m != NULL; m = m->next)
+				deliver_to(m, line, len, 0);
 		}
 	}
 	pthread_mutex_unlock(&rooms_lock);
@@ -229,8 +306,9 @@ broadcast(struct member *from, const char *room, const char *fmt, ...)
 		n = (int)sizeof(line) - 3;
 	line[n++] = '\r';
 	line[n++] = '\n';
-	deliver_local(room, line, (size_t)n, from);
-	chan_publish(room, line, (size_t)n);
+	sender = from;
+	chan_publish(room, line, (size_t)n, deliver_own);
+	sender = NULL;
 }
 
 static bool
@@ -344,13 +422,23 @@ chat_open(struct session *s)
 static void
 chat_close(struct session *s)
 {
-	leave(session_data(s), "");
+	struct member *m = session_data(s);
+
+	leave(m, "");
+	pthread_mutex_lock(&rooms_lock);
+	aside_flush(m, 0, false);
+	pthread_mutex_unlock(&rooms_lock);
 }
 
 /*
  * Handover.  The state is "ROOM NICK" ("" for no room): what the member is
  * to everyone else.  Its presence entry is taken over, never released, so
- * nobody sees it leave or can take its nick meanwhile.
+ * nobody sees it leave or can take its nick meanwhile.  The room's lines go
+ * on while it moves: the old worker keeps them aside from the moment it
+ * saves the member; the new one takes over from the room's next line (the
+ * mark) and keeps its own aside until the old one has sent, as its last
+ * words, those up to the mark.  Every line reaches the member once, in the
+ * room's order.
  */
 static int
 chat_save(struct session *s, char *buf, size_t len)
@@ -360,24 +448,62 @@ chat_save(struct session *s, char *buf, size_t len)
 
 	pthread_mutex_lock(&rooms_lock);
 	n = snprintf(buf, len, "%s %s", m->room != NULL ? m->room->name : "", m->nick);
+	if (n >= 0 && (size_t)n < len)
+		m->moving = true;
 	pthread_mutex_unlock(&rooms_lock);
 	return n < 0 || (size_t)n >= len ? -1 : n;
 }
 
+struct entering {
+	struct member	*m;
+	const char	*room;
+	int		 rc;
+	uint64_t	 seq;
+};
+
+/* under the room's order: from the next line on, the new worker delivers */
+static void
+enter_at(uint64_t seq, void *arg)
+{
+	struct entering *e = arg;
+	struct member *m = e->m;
+	struct lroom *r;
+
+	pthread_mutex_lock(&rooms_lock);
+	if ((r = lroom_get(e->room, true)) == NULL) {
+		pthread_mutex_unlock(&rooms_lock);
+		e->rc = -1;
+		return;
+	}
+	m->skip_upto = seq;
+	m->moving = true;
+	m->room = r;
+	m->prev = NULL;
+	m->next = r->head;
+	if (r->head != NULL)
+		r->head->prev = m;
+	r->head = m;
+	pthread_mutex_unlock(&rooms_lock);
+	e->seq = seq;
+	e->rc = 0;
+}
+
 static int
-chat_restore(struct session *s, const char *buf, size_t len)
+chat_restore(struct session *s, const char *buf, size_t len, uint64_t *mark)
 {
 	struct member *m = session_data(s);
 	char room[NAME_MAX_LEN + 1];
 	const char *sp = memchr(buf, ' ', len);
+	struct entering e;
 	size_t rlen;
-	struct lroom *r;
 
+	*mark = 0;
 	if (sp == NULL || (rlen = (size_t)(sp - buf)) > NAME_MAX_LEN ||
 	    (rlen > 0 && !valid_name(buf, rlen)) ||
 	    !valid_name(sp + 1, len - rlen - 1))
 		return -1;
 	m->s = s;
+	m->aside_tail = &m->aside;
 	memcpy(room, buf, rlen);
 	room[rlen] = '\0';
 	memcpy(m->nick, sp + 1, len - rlen - 1);
@@ -386,35 +512,85 @@ chat_restore(struct session *s, const char *buf, size_t len)
 		return 0;
 	if (chan_adopt(room, m->nick) != CHAN_OK)
 		return -1;
-	pthread_mutex_lock(&rooms_lock);
-	if ((r = lroom_get(room, true)) == NULL) {
-		pthread_mutex_unlock(&rooms_lock);
+	e.m = m;
+	e.room = room;
+	e.rc = -1;
+	chan_mark(room, enter_at, &e);
+	if (e.rc != 0)
 		return -1;
-	}
-	m->room = r;
-	m->prev = NULL;
-	m->next = r->head;
-	if (r->head != NULL)
-		r->head->prev = m;
-	r->head = m;
-	pthread_mutex_unlock(&rooms_lock);
+	*mark = e.seq + 1;	/* never 0: 0 says "nothing to wait for" */
 	return 0;
 }
 
+#define CATCH_UP_MS	200	/* longest the old worker waits for its ring */
+
 static void
-chat_handed(struct session *s, bool moved)
+chat_handed(struct session *s, bool moved, uint64_t mark, char **tail, size_t *tlen)
 {
 	struct member *m = session_data(s);
 	char room[NAME_MAX_LEN + 1] = "";
+	struct aside *a;
+	size_t n = 0;
 
+	*tail = NULL;
+	*tlen = 0;
 	pthread_mutex_lock(&rooms_lock);
 	if (m->room != NULL)
 		snprintf(room, sizeof(room), "%s", m->room->name);
-	if (moved)
-		lroom_remove(m);	/* its lines go to the new worker now */
 	pthread_mutex_unlock(&rooms_lock);
-	if (!moved && room[0] != '\0')
-		chan_adopt(room, m->nick);
+	if (!moved) {
+		/* it stays: what waited is sent, and the room is ours again */
+		pthread_mutex_lock(&rooms_lock);
+		m->moving = false;
+		aside_flush(m, 0, true);
+		pthread_mutex_unlock(&rooms_lock);
+		if (room[0] != '\0')
+			chan_adopt(room, m->nick);
+		return;
+	}
+	if (mark != 0 && room[0] != '\0') {
+		uint64_t upto = mark - 1, end = now_ms() + CATCH_UP_MS;
+
+		/* every line up to the mark is in our ring: deliver them first */
+		while (chan_seen(room) < upto && now_ms() < end) {
+			struct timespec ts = { 0, 200000 };
+
+			nanosleep(&ts, NULL);
+		}
+		pthread_mutex_lock(&rooms_lock);
+		for (a = m->aside; a != NULL; a = a->next)
+			if (a->seq != 0 && a->seq <= upto)
+				n += a->len;
+		if (n > 0 && (*tail = malloc(n)) != NULL) {
+			for (a = m->aside; a != NULL; a = a->next) {
+				if (a->seq != 0 && a->seq <= upto) {
+					memcpy(*tail + *tlen, a->line, a->len);
+					*tlen += a->len;
+				}
+			}
+		}
+		pthread_mutex_unlock(&rooms_lock);
+	}
+	/* its lines go to the new worker now */
+	pthread_mutex_lock(&rooms_lock);
+	lroom_remove(m);
+	aside_flush(m, 0, false);
+	m->moving = false;
+	pthread_mutex_unlock(&rooms_lock);
+}
+
+/* the new worker: the old one's last lines, then what waited here */
+static void
+chat_tail(struct session *s, const char *buf, size_t len)
+{
+	struct member *m = session_data(s);
+
+	pthread_mutex_lock(&rooms_lock);
+	if (len > 0)
+		session_send(s, buf, len);
+	m->moving = false;
+	aside_flush(m, 0, true);
+	pthread_mutex_unlock(&rooms_lock);
 }
 
 static void
@@ -639,4 +815,5 @@ const struct service service_chat = {
 	.save = chat_save,
 	.restore = chat_restore,
 	.handed = chat_handed,
+	.tail = chat_tail,
 };
