@@ -65,6 +65,9 @@ int	chan_publish(const char *room, const char *line, size_t len,
 void	chan_mark(const char *room, void (*fn)(uint64_t seq, void *arg), void *arg);
 /* The seq of the last line of the room this process has delivered. */
 uint64_t chan_seen(const char *room);
+/* Which numbering those are: the same for every process that shares this
+ * host's layer (an upgrade starts another). */
+uint64_t chan_world(void);
 
 /* Presence: nick unique within a room, counted against the limits. */
 #define CHAN_OK		0

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <linux/futex.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -63,6 +64,7 @@ struct ring {
 
 struct chan_shm {
 	pthread_mutex_t	 lock;
+	uint64_t	 world;		/* set once, before any fork */
 	_Atomic unsigned guest;
 	uint32_t	 presence_hw;	/* entries below have been used */
 	uint32_t	 rooms_hw;
@@ -103,6 +105,8 @@ chan_local_setup(void)
 	if (p == MAP_FAILED)
 		return -1;
 	shm = p;
+	if (getrandom(&shm->world, sizeof(shm->world), 0) != sizeof(shm->world))
+		shm->world = ((uint64_t)getpid() << 32) ^ now_ms();
 	pthread_mutexattr_init(&ma);
 	pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
 	pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
@@ -443,6 +447,12 @@ chan_local_mark(const char *room, void (*fn)(uint64_t, void *), void *arg)
 	lock_mutex(&shm->order[h]);
 	fn(shm->order_seq[h], arg);
 	pthread_mutex_unlock(&shm->order[h]);
+}
+
+uint64_t
+chan_local_world(void)
+{
+	return shm != NULL ? shm->world : 0;
 }
 
 uint64_t

@@ -14,6 +14,7 @@ int	 chan_local_publish(const char *room, const char *line, size_t len,
 	    chan_deliver_fn local);
 void	 chan_local_mark(const char *room, void (*fn)(uint64_t, void *), void *arg);
 uint64_t chan_local_seen(const char *room);
+uint64_t chan_local_world(void);
 int	 chan_local_join(const char *room, const char *nick);
 void	 chan_local_leave(const char *room, const char *nick);
 int	 chan_local_adopt(const char *room, const char *nick);

@@ -876,6 +876,12 @@ chan_seen(const char *room)
 	return chan_local_seen(room);
 }
 
+uint64_t
+chan_world(void)
+{
+	return chan_local_world();
+}
+
 int
 chan_publish(const char *room, const char *line, size_t len, chan_deliver_fn local)
 {

@@ -613,10 +613,11 @@ struct flight {
 	struct flight	*next;
 };
 
-static int		 mfd[FK_MAX_SLOTS];
+static int		 mfd[FK_MAX_SLOTS + 1];	/* + HO_LINK */
 static bool		 mfd_init;
 static struct flight	*flights;
-static long		 pending[FK_MAX_SLOTS];
+static long		 pending[FK_MAX_SLOTS + 1];
+static unsigned		 link_version;
 
 static void
 mfd_setup(void)
@@ -625,7 +626,7 @@ mfd_setup(void)
 
 	if (mfd_init)
 		return;
-	for (i = 0; i < FK_MAX_SLOTS; i++)
+	for (i = 0; i <= FK_MAX_SLOTS; i++)
 		mfd[i] = -1;
 	mfd_init = true;
 }
@@ -670,11 +671,44 @@ ho_master_close_all(void)
 	int i;
 
 	mfd_setup();
-	for (i = 0; i < FK_MAX_SLOTS; i++) {
+	for (i = 0; i <= FK_MAX_SLOTS; i++) {
 		if (mfd[i] >= 0)
 			close(mfd[i]);
 		mfd[i] = -1;
 	}
+}
+
+void
+ho_master_link(int fd)
+{
+	mfd_setup();
+	if (fd >= 0)
+		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	mfd[HO_LINK] = fd;
+	pending[HO_LINK] = 0;
+	link_version = 0;
+}
+
+int
+ho_master_ready(void)
+{
+	struct ho_hdr h;
+
+	mfd_setup();
+	if (mfd[HO_LINK] < 0)
+		return -1;
+	memset(&h, 0, sizeof(h));
+	h.magic = HO_MAGIC;
+	h.version = HO_VERSION;
+	h.type = HO_READY;
+	h.from = (int32_t)getpid();
+	return send_answer(mfd[HO_LINK], &h);
+}
+
+unsigned
+ho_master_link_version(void)
+{
+	return link_version;
 }
 
 long
@@ -803,18 +837,24 @@ relay_tail(int slot, struct ho_hdr *h, const char *state, size_t len, int fds[2]
 	free(f);
 }
 
-void
+int
 ho_master_event(int slot, int fd, int (*pick)(int))
 {
 	static char buf[HO_RECORD_MAX];
 	struct ho_hdr h;
 	size_t len;
-	int fds[2];
+	int fds[2], r;
 
 	(void)fd;
 	if (mfd[slot] < 0)
-		return;
-	while (recv_record(mfd[slot], &h, buf, sizeof(buf), &len, fds) > 0) {
+		return -1;
+	while ((r = recv_record(mfd[slot], &h, buf, sizeof(buf), &len, fds)) > 0) {
+		if (h.magic == HO_MAGIC && h.type == HO_READY && slot == HO_LINK) {
+			/* the new master serves and reads records of this version */
+			link_version = h.version != 0 ? h.version : 1;
+			close_fds(fds);
+			continue;
+		}
 		if (h.type == HO_OFFER)
 			relay_offer(slot, &h, buf, len, fds, pick);
 		else if (h.type == HO_ACK || h.type == HO_NACK)
@@ -823,6 +863,7 @@ ho_master_event(int slot, int fd, int (*pick)(int))
 			relay_tail(slot, &h, buf, len, fds);
 		close_fds(fds);
 	}
+	return r < 0 ? -1 : 0;
 }
 
 void
@@ -855,4 +896,6 @@ ho_master_gone(int slot, int fd, int (*pick)(int))
 	close(mfd[slot]);
 	mfd[slot] = -1;
 	pending[slot] = 0;
+	if (slot == HO_LINK)
+		link_version = 0;
 }

@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config.h"
+
 #define HO_MAGIC	0x464b4831u	/* "FKH1" */
 #define HO_VERSION	1		/* of the record and of the state in it */
 #define HO_INLINE_MAX	8192		/* larger state goes in a memfd */
@@ -32,7 +34,11 @@ enum ho_type {
 	HO_ACK,		/* adopted: the old worker forgets it */
 	HO_NACK,	/* not adopted: the old worker keeps it */
 	HO_TAIL,	/* after an ack with a mark: what the old worker still owed */
+	HO_READY,	/* upgrade: the new master serves (version: what it reads) */
 };
+
+/* An upgrade links the old master and the new one like a worker slot. */
+#define HO_LINK		FK_MAX_SLOTS
 
 enum ho_nack {
 	HO_BUSY = 1,	/* nobody could take it now: offer it again later */
@@ -90,8 +96,15 @@ void	ho_worker_tick(struct worker *);
 void	ho_worker_abort(struct worker *);
 
 /* master side */
-/* the master's end of slot's pair was readable */
-void	ho_master_event(int slot, int fd, int (*pick)(int from));
+/* the master's end of slot's pair was readable; -1 when its peer is gone
+ * (*ready set when the new master of an upgrade says it serves) */
+int	ho_master_event(int slot, int fd, int (*pick)(int from));
+/* upgrade: the link to the other master (HO_LINK); -1 clears it */
+void	ho_master_link(int fd);
+/* upgrade: tell the old master we serve */
+int	ho_master_ready(void);
+/* upgrade: the version the new master said it reads (0: not yet) */
+unsigned ho_master_link_version(void);
 /* a worker is gone: settle what was offered to it or by it */
 void	ho_master_gone(int slot, int fd, int (*pick)(int from));
 int	ho_master_fd(int slot);

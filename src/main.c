@@ -16,7 +16,7 @@
 #endif
 #define DEFAULT_CONFIG SYSCONFDIR "/forkd/forkd.conf"
 
-enum { OPT_RELOAD = 256 };
+enum { OPT_RELOAD = 256, OPT_UPGRADE };
 
 static const struct option long_options[] = {
 	{ "config",	required_argument, NULL, 'c' },
@@ -24,6 +24,7 @@ static const struct option long_options[] = {
 	{ "version",	no_argument,	   NULL, 'V' },
 	{ "help",	no_argument,	   NULL, 'h' },
 	{ "reload",	no_argument,	   NULL, OPT_RELOAD },
+	{ "upgrade",	no_argument,	   NULL, OPT_UPGRADE },
 	{ NULL, 0, NULL, 0 }
 };
 
@@ -31,10 +32,12 @@ static void
 usage(FILE *out)
 {
 	fprintf(out,
-	    "usage: forkd [-c FILE] [-t] [-V] [-h] [--reload]\n"
+	    "usage: forkd [-c FILE] [-t] [-V] [-h] [--reload] [--upgrade]\n"
 	    "  -c, --config FILE  configuration file (default %s)\n"
 	    "  -t, --test         check the configuration and exit\n"
 	    "      --reload       ask the running forkd to reload and wait for the outcome\n"
+	    "      --upgrade      ask the running forkd to start the binary installed at its\n"
+	    "                     path and hand it every session; wait for the outcome\n"
 	    "  -V, --version      print the version and exit\n"
 	    "  -h, --help         print this help and exit\n", DEFAULT_CONFIG);
 }
@@ -46,6 +49,7 @@ main(int argc, char *argv[])
 	struct config_errors errs;
 	struct fk_config *cfg;
 	bool test = false, reload = false;
+	const char *request = "reload";
 	int ch, i;
 
 	opterr = 0;
@@ -65,6 +69,11 @@ main(int argc, char *argv[])
 			return 0;
 		case OPT_RELOAD:
 			reload = true;
+			request = "reload";
+			break;
+		case OPT_UPGRADE:
+			reload = true;
+			request = "upgrade";
 			break;
 		case ':':
 			fprintf(stderr, "forkd: option '%s' needs a value\n", argv[optind - 1]);
@@ -85,7 +94,7 @@ main(int argc, char *argv[])
 		return 2;
 	}
 	if (test && reload) {
-		fprintf(stderr, "forkd: --test and --reload do not go together\n");
+		fprintf(stderr, "forkd: --test and --%s do not go together\n", request);
 		return 2;
 	}
 
@@ -98,7 +107,7 @@ main(int argc, char *argv[])
 
 		config_peek_string(path, "control_socket", ctl, sizeof(ctl));
 		if (master_control_path(&fallback, sock, sizeof(sock))[0] != '\0')
-			return master_request_reload(&fallback);
+			return master_request(&fallback, request);
 	}
 	if (cfg == NULL) {
 		for (i = 0; i < errs.count; i++)
@@ -113,12 +122,13 @@ main(int argc, char *argv[])
 		return 0;
 	}
 	if (reload) {
-		int rc = master_request_reload(cfg);
+		int rc = master_request(cfg, request);
 
 		config_free(cfg);
 		return rc;
 	}
 	log_init();
 	log_set_level(cfg->log_level);
+	master_set_argv(argv);
 	return master_run(cfg);
 }

@@ -24,6 +24,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <systemd/sd-daemon.h>
+
 #include "chan.h"
 #include "handover.h"
 #include "iplimit.h"
@@ -107,6 +109,16 @@ static struct {
 	uint64_t	 wd_interval_ms;
 	uint64_t	 wd_last_ms;
 	char		 note[300];	/* shown after the counts in STATUS= */
+	/* an upgrade: a new forkd binary started by us takes over */
+	struct {
+		bool	 active;	/* started, not yet settled */
+		bool	 handing;	/* it serves: our workers hand over to it */
+		pid_t	 pid;
+		uint64_t deadline;
+		uint64_t t0;
+		uint64_t moved0;
+	}		 up;
+	bool		 ctl_upgrade[MAX_CTL_CLIENTS];	/* waits for the upgrade */
 	/* the reload whose old workers hand their sessions over */
 	bool		 ho_reload;
 	uint64_t	 reload_t0;
@@ -161,6 +173,8 @@ update_status(bool force)
 
 	if (!force && now - M.last_status_ms < STATUS_EVERY_MS)
 		return;
+	if (M.up.handing)
+		return;		/* the new master speaks for the service now */
 	M.last_status_ms = now;
 	scoreboard_totals(&t);
 	n = live_workers(M.cur.id, true);
@@ -314,6 +328,9 @@ pick_target(int from)
 	long best = -1;
 	int i, to = -1;
 
+	/* an upgrade: every session goes to the new master's workers */
+	if (M.up.handing && from != HO_LINK && ho_master_fd(HO_LINK) >= 0)
+		return HO_LINK;
 	for (i = 0; i < FK_MAX_SLOTS; i++) {
 		long load;
 
@@ -337,7 +354,7 @@ ensure_workers(void)
 	uint64_t now = now_ms();
 	int have, i;
 
-	if (M.stopping || M.giving_up)
+	if (M.stopping || M.giving_up || M.up.handing)
 		return;
 	have = live_workers(M.cur.id, false);
 	while (have < M.target && now >= M.backoff_until) {
@@ -381,13 +398,34 @@ ctl_answer(unsigned upto, bool ok, const char *msg)
 
 	n = snprintf(line, sizeof(line), "%s %s\n", ok ? "OK" : "ERR", msg);
 	for (i = 0; i < MAX_CTL_CLIENTS; i++) {
-		if (M.ctl_clients[i] < 0 || !M.ctl_waiting[i] || M.ctl_seq[i] > upto)
+		if (M.ctl_clients[i] < 0 || !M.ctl_waiting[i] || M.ctl_seq[i] > upto ||
+		    M.ctl_upgrade[i])
 			continue;
 		if (write(M.ctl_clients[i], line, (size_t)MIN(n, (int)sizeof(line) - 1)) < 0)
 			log_debug("control client went away");
 		close(M.ctl_clients[i]);
 		M.ctl_clients[i] = -1;
 		M.ctl_waiting[i] = false;
+	}
+}
+
+/* Answer the clients waiting for the upgrade. */
+static void
+ctl_answer_upgrade(bool ok, const char *msg)
+{
+	char line[512];
+	int i, n;
+
+	n = snprintf(line, sizeof(line), "%s %s\n", ok ? "OK" : "ERR", msg);
+	for (i = 0; i < MAX_CTL_CLIENTS; i++) {
+		if (M.ctl_clients[i] < 0 || !M.ctl_upgrade[i])
+			continue;
+		if (write(M.ctl_clients[i], line, (size_t)MIN(n, (int)sizeof(line) - 1)) < 0)
+			log_debug("control client went away");
+		close(M.ctl_clients[i]);
+		M.ctl_clients[i] = -1;
+		M.ctl_waiting[i] = false;
+		M.ctl_upgrade[i] = false;
 	}
 }
 
@@ -655,6 +693,179 @@ reload_settled(void)
 	}
 }
 
+/* ---- upgrades ---- */
+
+/*
+ * An upgrade starts the binary at the path this one was started from (a
+ * package upgrade has put the new one there) as a new master, with our
+ * listening sockets (LISTEN_FDS, as systemd passes them), our control
+ * socket, and one end of a link.  Once its workers serve it says so on the
+ * link; our workers then hand every session over, through us and the
+ * link, to its workers, and we go.  A new master that fails to start, or
+ * dies on the way, leaves us serving: what it did not take stays here.
+ */
+static char	 self_path[PATH_MAX];
+static char	*const *self_argv;
+
+void
+master_set_argv(char *const *argv)
+{
+	self_argv = argv;
+}
+
+/* In the child: the new binary, with what it inherits in place. */
+static void __attribute__((noreturn))
+exec_upgrade(int link, int *keep)
+{
+	char env[64];
+	int n = 0, i, fd;
+	sigset_t none;
+
+	for (i = 0; i < (int)M.socks.n; i++)
+		keep[n++] = M.socks.v[i].fd;
+	keep[n] = link;
+	keep[n + 1] = M.ctlfd;
+	/* out of the way first, then to 3, 4, ... in order */
+	for (i = 0; i < n + 2; i++)
+		if (keep[i] >= 0 && (keep[i] = fcntl(keep[i], F_DUPFD_CLOEXEC, 1000)) < 0)
+			_exit(127);
+	for (i = 0; i < n + 2; i++) {
+		if (keep[i] < 0)
+			continue;
+		fd = SD_LISTEN_FDS_START + i;
+		if (dup2(keep[i], fd) < 0)
+			_exit(127);
+	}
+	snprintf(env, sizeof(env), "%d", n);
+	setenv("LISTEN_FDS", env, 1);
+	snprintf(env, sizeof(env), "%ld", (long)getpid());
+	setenv("LISTEN_PID", env, 1);
+	unsetenv("LISTEN_FDNAMES");
+	snprintf(env, sizeof(env), "%d %d", SD_LISTEN_FDS_START + n,
+	    M.ctlfd >= 0 ? SD_LISTEN_FDS_START + n + 1 : -1);
+	setenv("FORKD_UPGRADE", env, 1);
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	execv(self_path, self_argv);
+	_exit(127);
+}
+
+static void
+start_upgrade(void)
+{
+	int sv[2], *keep;
+	pid_t pid;
+
+	if (M.stopping || M.up.active) {
+		ctl_answer_upgrade(false, M.stopping ? "the daemon is stopping" :
+		    "an upgrade is under way");
+		return;
+	}
+	if (M.next.cfg != NULL || M.old_accepting_until != 0 || self_argv == NULL) {
+		ctl_answer_upgrade(false, "a reload is under way: upgrade once it is done");
+		return;
+	}
+	if ((keep = calloc(M.socks.n + 2, sizeof(*keep))) == NULL ||
+	    socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+		log_warn("upgrade: cannot make the link to the new master");
+		ctl_answer_upgrade(false, "cannot make the link to the new master");
+		free(keep);
+		return;
+	}
+	notify_reloading();
+	log_info("upgrading: starting %s", self_path);
+	if ((pid = fork()) < 0) {
+		log_warn("upgrade: cannot fork");
+		close(sv[0]);
+		close(sv[1]);
+		free(keep);
+		ctl_answer_upgrade(false, "cannot fork");
+		notify_ready();
+		return;
+	}
+	if (pid == 0) {
+		close(sv[0]);
+		exec_upgrade(sv[1], keep);
+	}
+	free(keep);
+	close(sv[1]);
+	ho_master_link(sv[0]);
+	{
+		struct epoll_event ev = { .events = EPOLLIN,
+		    .data.u64 = TAG_HAND | ((uint64_t)HO_LINK << 8) };
+
+		epoll_ctl(M.epfd, EPOLL_CTL_ADD, sv[0], &ev);
+	}
+	M.up.active = true;
+	M.up.handing = false;
+	M.up.pid = pid;
+	M.up.t0 = now_ms();
+	M.up.deadline = now_ms() + RELOAD_START_MS;
+	M.up.moved0 = atomic_load(&scoreboard->handed_over);
+}
+
+/* The new master serves: hand everything over and step aside. */
+static void
+upgrade_ready(void)
+{
+	char status[200];
+	bool moves = ho_master_link_version() == HO_VERSION &&
+	    M.cur.cfg->reload_sessions == RELOAD_HANDOVER;
+	int i;
+
+	M.up.handing = true;
+	if (!moves)
+		log_warnx("upgrade: the new forkd reads sessions of version %u, this one "
+		    "writes %u: sessions drain instead", ho_master_link_version(), HO_VERSION);
+	log_info("upgrade: the new master (pid %ld) serves; %s", (long)M.up.pid,
+	    moves ? "handing the sessions over" : "draining");
+	for (i = 0; i < FK_MAX_SLOTS; i++)
+		if (M.wk[i].pid > 0)
+			retire(i, moves ? SIGUSR1 : SIGQUIT);
+	/* the control socket is the new master's now */
+	if (M.ctlfd >= 0)
+		epoll_ctl(M.epfd, EPOLL_CTL_DEL, M.ctlfd, NULL);
+	snprintf(status, sizeof(status), "upgraded: pid %ld serves", (long)M.up.pid);
+	notify_mainpid(M.up.pid, status);
+}
+
+/* The new master is gone before it took everything: we serve on. */
+static void
+upgrade_lost(const char *why)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = TAG_CTL };
+
+	ho_master_gone(HO_LINK, -1, pick_target);
+	log_err("upgrade failed: %s%s", why, M.up.handing ? "; the sessions it did not "
+	    "take stay here, with new workers of this forkd" : "");
+	if (M.up.handing) {
+		notify_mainpid(getpid(), "upgrade failed: serving on");
+		if (M.ctlfd >= 0)
+			epoll_ctl(M.epfd, EPOLL_CTL_ADD, M.ctlfd, &ev);
+	} else {
+		notify_ready();
+	}
+	snprintf(M.note, sizeof(M.note), "upgrade failed: %s", why);
+	M.note_backoff = false;
+	M.up.active = false;
+	M.up.handing = false;
+	update_status(true);
+	ctl_answer_upgrade(false, M.note);
+}
+
+static void
+on_link(void)
+{
+	int r = ho_master_event(HO_LINK, -1, pick_target);
+
+	if (M.up.active && !M.up.handing && ho_master_link_version() != 0)
+		upgrade_ready();
+	if (r < 0 && M.up.active)
+		upgrade_lost("the new forkd exited before it took every session");
+	else if (r < 0)
+		ho_master_gone(HO_LINK, -1, pick_target);	/* the old master is gone */
+}
+
 /* ---- events ---- */
 
 /*
@@ -724,6 +935,9 @@ on_worker_news(void)
 		log_info("ready: %d workers × %d threads", M.target, M.cur.cfg->threads);
 		notify_ready();
 		update_status(true);
+		/* an upgrade: the old master hands its sessions over now */
+		if (ho_master_fd(HO_LINK) >= 0 && ho_master_ready() != 0)
+			log_warn("upgrade: cannot tell the old master we serve");
 	}
 }
 
@@ -880,6 +1094,9 @@ on_signal(void)
 		case SIGHUP:
 			start_reload();
 			break;
+		case SIGUSR2:
+			start_upgrade();
+			break;
 		case SIGTTIN:
 			if (M.target < FK_MAX_WORKERS && !M.stopping) {
 				M.target++;
@@ -964,6 +1181,10 @@ on_tick(void)
 		log_info("workers up for %d ms: crash-loop backoff reset", FAST_DEATH_MS);
 	}
 	handle_recycles();
+	if (M.up.active && !M.up.handing && now >= M.up.deadline) {
+		kill(M.up.pid, SIGTERM);
+		upgrade_lost("the new forkd did not start in time");
+	}
 	if (M.next.cfg != NULL && now >= M.next_deadline) {
 		abandon_next();
 		reload_failed("the new generation did not start in time");
@@ -1035,8 +1256,14 @@ ctl_open(void)
 {
 	char err[300];
 
-	M.ctlfd = -1;
 	master_control_path(M.cur.cfg, M.ctlpath, sizeof(M.ctlpath));
+	if (M.ctlfd >= 0) {
+		/* an upgrade: the old master's, still bound to its path */
+		fcntl(M.ctlfd, F_SETFD, FD_CLOEXEC);
+		fcntl(M.ctlfd, F_SETFL, fcntl(M.ctlfd, F_GETFL) | O_NONBLOCK);
+		return 0;
+	}
+	M.ctlfd = -1;
 	if (M.ctlpath[0] == '\0')
 		return 0;
 	if ((M.ctlfd = ctl_listen(M.ctlpath, err, sizeof(err))) < 0) {
@@ -1064,6 +1291,7 @@ on_ctl_accept(void)
 		}
 		M.ctl_clients[i] = fd;
 		M.ctl_waiting[i] = false;
+		M.ctl_upgrade[i] = false;
 		ev.events = EPOLLIN;
 		ev.data.u64 = TAG_CTL_CLIENT | ((uint64_t)i << 8);
 		epoll_ctl(M.epfd, EPOLL_CTL_ADD, fd, &ev);
@@ -1097,8 +1325,12 @@ on_ctl_client(int i)
 		M.ctl_waiting[i] = true;
 		M.ctl_seq[i] = M.reload_seq + 1;
 		start_reload();
+	} else if (strcmp(buf, "upgrade\n") == 0) {
+		M.ctl_waiting[i] = true;
+		M.ctl_upgrade[i] = true;
+		start_upgrade();
 	} else {
-		if (write(fd, "ERR unknown request (try: reload)\n", 34) < 0)
+		if (write(fd, "ERR unknown request (try: reload, upgrade)\n", 43) < 0)
 			log_debug("control client went away");
 		close(fd);
 		M.ctl_clients[i] = -1;
@@ -1106,11 +1338,11 @@ on_ctl_client(int i)
 }
 
 int
-master_request_reload(const struct fk_config *cfg)
+master_request(const struct fk_config *cfg, const char *what)
 {
 	struct sockaddr_un sun;
 	struct pollfd pfd;
-	char path[108], reply[1024];
+	char path[108], reply[1024], req[32];
 	size_t got = 0;
 	int fd;
 
@@ -1135,8 +1367,10 @@ master_request_reload(const struct fk_config *cfg)
 			    "moves the control socket\n", cfg->path);
 		return 1;
 	}
-	if (write_full(fd, "reload\n", 7) != 0) {
-		fprintf(stderr, "forkd: cannot send the reload request: %s\n", strerror(errno));
+	snprintf(req, sizeof(req), "%s\n", what);
+	if (write_full(fd, req, strlen(req)) != 0) {
+		fprintf(stderr, "forkd: cannot send the %s request: %s\n", what,
+		    strerror(errno));
 		return 1;
 	}
 	pfd.fd = fd;
@@ -1148,8 +1382,8 @@ master_request_reload(const struct fk_config *cfg)
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0) {
-			fprintf(stderr, "forkd: no answer to the reload request in %d s\n",
-			    CTL_TIMEOUT_MS / 1000);
+			fprintf(stderr, "forkd: no answer to the %s request in %d s\n",
+			    what, CTL_TIMEOUT_MS / 1000);
 			return 1;
 		}
 		n = read(fd, reply + got, sizeof(reply) - 1 - got);
@@ -1219,6 +1453,8 @@ setup(struct fk_config *cfg)
 	sigaddset(&set, SIGTTOU);
 	sigaddset(&set, SIGQUIT);
 	sigaddset(&set, SIGPIPE);
+	sigaddset(&set, SIGUSR1);
+	sigaddset(&set, SIGUSR2);
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	M.sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 	M.timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
@@ -1232,6 +1468,30 @@ setup(struct fk_config *cfg)
 	atomic_store(&scoreboard->workers, M.target);
 	atomic_store(&scoreboard->threads, cfg->threads);
 
+	{
+		const char *up = getenv("FORKD_UPGRADE");
+		ssize_t n = readlink("/proc/self/exe", self_path, sizeof(self_path) - 1);
+		char *del;
+
+		/* the file this binary came from: an upgrade starts what is there then */
+		self_path[n > 0 ? n : 0] = '\0';
+		if ((del = strstr(self_path, " (deleted)")) != NULL)
+			*del = '\0';
+		if (up != NULL) {
+			int link = -1, ctl = -1;
+
+			if (sscanf(up, "%d %d", &link, &ctl) == 2 && link >= 0) {
+				fcntl(link, F_SETFD, FD_CLOEXEC);
+				ho_master_link(link);
+				ev.events = EPOLLIN;
+				ev.data.u64 = TAG_HAND | ((uint64_t)HO_LINK << 8);
+				epoll_ctl(M.epfd, EPOLL_CTL_ADD, link, &ev);
+				M.ctlfd = ctl;
+				log_info("upgrade: taking over from pid %ld", (long)getppid());
+			}
+			unsetenv("FORKD_UPGRADE");
+		}
+	}
 	if (lsock_adopt_systemd(&M.socks, err, sizeof(err)) < 0 ||
 	    lsock_check_unmatched(&M.socks, cfg, err, sizeof(err)) != 0) {
 		log_err("%s", err);
@@ -1284,7 +1544,7 @@ master_run(struct fk_config *cfg)
 		return 1;
 	}
 	ensure_workers();
-	while (!M.stopping || all_workers() > 0) {
+	while ((!M.stopping || all_workers() > 0) && !(M.up.handing && all_workers() == 0)) {
 		struct epoll_event ev[16];
 		uint64_t now = now_ms();
 		int i, n, wait = -1;
@@ -1309,7 +1569,10 @@ master_run(struct fk_config *cfg)
 			case TAG_CTL:		on_ctl_accept(); break;
 			case TAG_CTL_CLIENT:	on_ctl_client((int)(tag >> 8)); break;
 			case TAG_HAND:
-				ho_master_event((int)(tag >> 8), -1, pick_target);
+				if ((int)(tag >> 8) == HO_LINK)
+					on_link();
+				else
+					ho_master_event((int)(tag >> 8), -1, pick_target);
 				break;
 			}
 		}
@@ -1317,6 +1580,24 @@ master_run(struct fk_config *cfg)
 			ensure_workers();
 	}
 	scoreboard_totals(&t);
+	if (M.up.handing) {
+		char msg[300];
+		uint64_t moved = atomic_load(&scoreboard->handed_over) - M.up.moved0;
+
+		/* the new master has the sockets, the control socket's path too */
+		snprintf(msg, sizeof(msg), "upgraded: pid %ld serves; %llu session%s handed "
+		    "over in %llu ms", (long)M.up.pid, (unsigned long long)moved,
+		    PLURAL(moved), (unsigned long long)(now_ms() - M.up.t0));
+		log_info("%s", msg);
+		ctl_answer_upgrade(true, msg);
+		if (M.ctlfd >= 0)
+			close(M.ctlfd);
+		M.ctlfd = -1;
+		M.ctlpath[0] = '\0';
+		free(M.cur.lfds);
+		config_free(M.cur.cfg);
+		return 0;
+	}
 	if (M.ctlfd >= 0) {
 		close(M.ctlfd);
 		unlink(M.ctlpath);

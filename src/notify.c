@@ -30,6 +30,14 @@ notify_reloading(void)
 }
 
 void
+notify_mainpid(pid_t pid, const char *status)
+{
+	/* one message: systemd checks who sends it once, before MAINPID= */
+	sd_notifyf(0, "MAINPID=%ld\nREADY=1\nSTATUS=%s", (long)pid, status);
+	snprintf(last_status, sizeof(last_status), "%s", status);
+}
+
+void
 notify_stopping(void)
 {
 	sd_notify(0, "STOPPING=1");

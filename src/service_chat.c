@@ -438,7 +438,9 @@ chat_close(struct session *s)
  * saves the member; the new one takes over from the room's next line (the
  * mark) and keeps its own aside until the old one has sent, as its last
  * words, those up to the mark.  Every line reaches the member once, in the
- * room's order.
+ * room's order.  An upgrade moves it to another host layer (another
+ * world): the old worker then sends all it kept aside, and the two halves
+ * of the room hear each other again once every member has moved.
  */
 static int
 chat_save(struct session *s, char *buf, size_t len)
@@ -447,7 +449,8 @@ chat_save(struct session *s, char *buf, size_t len)
 	int n;
 
 	pthread_mutex_lock(&rooms_lock);
-	n = snprintf(buf, len, "%s %s", m->room != NULL ? m->room->name : "", m->nick);
+	n = snprintf(buf, len, "%016llx %s %s", (unsigned long long)chan_world(),
+	    m->room != NULL ? m->room->name : "", m->nick);
 	if (n >= 0 && (size_t)n < len)
 		m->moving = true;
 	pthread_mutex_unlock(&rooms_lock);
@@ -492,12 +495,22 @@ static int
 chat_restore(struct session *s, const char *buf, size_t len, uint64_t *mark)
 {
 	struct member *m = session_data(s);
-	char room[NAME_MAX_LEN + 1];
-	const char *sp = memchr(buf, ' ', len);
+	char room[NAME_MAX_LEN + 1], hex[17];
+	const char *sp;
 	struct entering e;
+	unsigned long long world;
 	size_t rlen;
 
 	*mark = 0;
+	if (len < 18 || buf[16] != ' ')
+		return -1;
+	memcpy(hex, buf, 16);
+	hex[16] = '\0';
+	if (sscanf(hex, "%16llx", &world) != 1)
+		return -1;
+	buf += 17;
+	len -= 17;
+	sp = memchr(buf, ' ', len);
 	if (sp == NULL || (rlen = (size_t)(sp - buf)) > NAME_MAX_LEN ||
 	    (rlen > 0 && !valid_name(buf, rlen)) ||
 	    !valid_name(sp + 1, len - rlen - 1))
@@ -518,7 +531,8 @@ chat_restore(struct session *s, const char *buf, size_t len, uint64_t *mark)
 	chan_mark(room, enter_at, &e);
 	if (e.rc != 0)
 		return -1;
-	*mark = e.seq + 1;	/* never 0: 0 says "nothing to wait for" */
+	/* never 0 (nothing to wait for); all ones: another world, send all */
+	*mark = world == chan_world() ? e.seq + 1 : UINT64_MAX;
 	return 0;
 }
 
@@ -552,18 +566,18 @@ chat_handed(struct session *s, bool moved, uint64_t mark, char **tail, size_t *t
 		uint64_t upto = mark - 1, end = now_ms() + CATCH_UP_MS;
 
 		/* every line up to the mark is in our ring: deliver them first */
-		while (chan_seen(room) < upto && now_ms() < end) {
+		while (mark != UINT64_MAX && chan_seen(room) < upto && now_ms() < end) {
 			struct timespec ts = { 0, 200000 };
 
 			nanosleep(&ts, NULL);
 		}
 		pthread_mutex_lock(&rooms_lock);
 		for (a = m->aside; a != NULL; a = a->next)
-			if (a->seq != 0 && a->seq <= upto)
+			if (mark == UINT64_MAX || (a->seq != 0 && a->seq <= upto))
 				n += a->len;
 		if (n > 0 && (*tail = malloc(n)) != NULL) {
 			for (a = m->aside; a != NULL; a = a->next) {
-				if (a->seq != 0 && a->seq <= upto) {
+				if (mark == UINT64_MAX || (a->seq != 0 && a->seq <= upto)) {
 					memcpy(*tail + *tlen, a->line, a->len);
 					*tlen += a->len;
 				}

@@ -26,11 +26,12 @@
 #include "worker.h"
 
 static void
-fake_dropped_remote(const char *room, const char *line, size_t len)
+fake_dropped_remote(const char *room, const char *line, size_t len, uint64_t seq)
 {
 	(void)room;
 	(void)line;
 	(void)len;
+	(void)seq;
 }
 
 /* Load conf_text as file `path`, set up w as worker 0; abort on failure. */
