@@ -597,6 +597,8 @@ ho_worker_event(struct worker *w)
 			settle(w, &h);
 		else if (h.magic == HO_MAGIC && h.type == HO_TAIL)
 			tail_came(&h, buf, len, fds[1]);
+		else if (h.magic == HO_MAGIC && h.type == HO_GO)
+			worker_hand_over(w);
 		close_fds(fds);
 	}
 	if (r < 0 && (H.nfly > 0 || H.parked != NULL))
@@ -687,6 +689,21 @@ ho_master_link(int fd)
 	mfd[HO_LINK] = fd;
 	pending[HO_LINK] = 0;
 	link_version = 0;
+}
+
+int
+ho_master_retire(int slot)
+{
+	struct ho_hdr h;
+
+	mfd_setup();
+	if (mfd[slot] < 0)
+		return -1;
+	memset(&h, 0, sizeof(h));
+	h.magic = HO_MAGIC;
+	h.version = HO_VERSION;
+	h.type = HO_GO;
+	return send_answer(mfd[slot], &h);
 }
 
 int

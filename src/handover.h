@@ -35,6 +35,7 @@ enum ho_type {
 	HO_NACK,	/* not adopted: the old worker keeps it */
 	HO_TAIL,	/* after an ack with a mark: what the old worker still owed */
 	HO_READY,	/* upgrade: the new master serves (version: what it reads) */
+	HO_GO,		/* master to worker: retire, handing every session over */
 };
 
 /* An upgrade links the old master and the new one like a worker slot. */
@@ -99,6 +100,8 @@ void	ho_worker_abort(struct worker *);
 /* the master's end of slot's pair was readable; -1 when its peer is gone
  * (*ready set when the new master of an upgrade says it serves) */
 int	ho_master_event(int slot, int fd, int (*pick)(int from));
+/* retire a worker, its sessions handed over; -1 when it cannot be told */
+int	ho_master_retire(int slot);
 /* upgrade: the link to the other master (HO_LINK); -1 clears it */
 void	ho_master_link(int fd);
 /* upgrade: tell the old master we serve */

@@ -315,7 +315,13 @@ retire(int slot, int sig)
 static void
 retire_gracefully(int slot, const struct fk_config *cfg)
 {
-	retire(slot, cfg->reload_sessions == RELOAD_HANDOVER ? SIGUSR1 : SIGQUIT);
+	if (M.wk[slot].pid <= 0)
+		return;
+	/* told on its handover socket: a stray signal never retires a worker */
+	if (cfg->reload_sessions == RELOAD_HANDOVER && ho_master_retire(slot) == 0)
+		M.wk[slot].retiring = true;
+	else
+		retire(slot, SIGQUIT);
 }
 
 /*
@@ -819,9 +825,14 @@ upgrade_ready(void)
 		    "writes %u: sessions drain instead", ho_master_link_version(), HO_VERSION);
 	log_info("upgrade: the new master (pid %ld) serves; %s", (long)M.up.pid,
 	    moves ? "handing the sessions over" : "draining");
-	for (i = 0; i < FK_MAX_SLOTS; i++)
-		if (M.wk[i].pid > 0)
-			retire(i, moves ? SIGUSR1 : SIGQUIT);
+	for (i = 0; i < FK_MAX_SLOTS; i++) {
+		if (M.wk[i].pid <= 0)
+			continue;
+		if (moves && ho_master_retire(i) == 0)
+			M.wk[i].retiring = true;
+		else
+			retire(i, SIGQUIT);
+	}
 	/* the control socket is the new master's now */
 	if (M.ctlfd >= 0)
 		epoll_ctl(M.epfd, EPOLL_CTL_DEL, M.ctlfd, NULL);
@@ -1453,7 +1464,6 @@ setup(struct fk_config *cfg)
 	sigaddset(&set, SIGTTOU);
 	sigaddset(&set, SIGQUIT);
 	sigaddset(&set, SIGPIPE);
-	sigaddset(&set, SIGUSR1);
 	sigaddset(&set, SIGUSR2);
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	M.sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);

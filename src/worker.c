@@ -320,6 +320,14 @@ start_drain(struct worker *w, bool graceful)
 	}
 }
 
+void
+worker_hand_over(struct worker *w)
+{
+	start_drain(w, true);
+	if (!w->stopping)
+		ho_worker_start(w);
+}
+
 static void
 drop_privileges(const struct worker_args *a)
 {
@@ -380,7 +388,6 @@ setup(struct worker *w, const struct worker_args *a)
 	sigaddset(&mine, SIGTERM);
 	sigaddset(&mine, SIGINT);
 	sigaddset(&mine, SIGQUIT);
-	sigaddset(&mine, SIGUSR1);
 	w->sigfd = signalfd(-1, &mine, SFD_CLOEXEC | SFD_NONBLOCK);
 	w->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
 	w->watchfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
@@ -455,11 +462,6 @@ on_signal(struct worker *w)
 		switch (si.ssi_signo) {
 		case SIGQUIT:		/* retired by a reload or a recycle */
 			start_drain(w, true);
-			break;
-		case SIGUSR1:		/* retired: the sessions go to the others */
-			start_drain(w, true);
-			if (!w->stopping)
-				ho_worker_start(w);
 			break;
 		case SIGTERM:
 		case SIGINT:

@@ -62,6 +62,8 @@ struct worker {
 	uint64_t		 recycle_at;	/* served count that asks for a replacement */
 };
 
+/* Retired by the master: stop accepting, hand every session over. */
+void	worker_hand_over(struct worker *);
 /* The child's whole life: never returns. */
 void	worker_run(const struct worker_args *) __attribute__((noreturn));
 
