@@ -382,3 +382,74 @@ def test_drain_when_asked(forkd_factory, tmp_path):
     assert c.line(timeout=5) == "ERR server reloaded: please reconnect"
     assert c.eof()
     assert stats(d)["sessions_handed_over"] == "0"
+
+
+def test_upgrade_to_a_rebuilt_binary_under_load(forkd_factory, tmp_path, monkeypatch, capsys):
+    """forkd --upgrade: the binary at the path forkd was started from (a
+    package upgrade replaced it) becomes the master; every session moves."""
+    import shutil
+    import subprocess
+
+    import conftest
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    binary = bindir / "forkd"
+    shutil.copy(conftest.FORKD, binary)
+    monkeypatch.setattr(conftest, "FORKD", str(binary))
+    d = handover_daemon(forkd_factory, tmp_path)
+    old_master = d.pid
+    fds_before = len(os.listdir(f"/proc/{old_master}/fd"))
+    load = Load(d)
+    talk = join_chat(port(d, CHAT), "talker", "r2")
+    hear = join_chat(port(d, CHAT_CHUNK), "hearer", "r2")
+    assert talk.line() == "* hearer joined r2"
+    load.run(load.echo_pipelined, "u1")
+    load.run(load.echo_chunk, "u2")
+    part = Client(port(d, ECHO))
+    wait_until(lambda: load.counts.get("echo", 0) > 200, 10, "load before the upgrade")
+    part.send("spl")
+    # the package manager puts a new file in place (a new inode, as dpkg does)
+    new = bindir / "forkd.new"
+    shutil.copy(conftest.FORKD, new)
+    with open(new, "ab") as f:
+        f.write(b"\0rebuilt\0")
+    os.rename(new, binary)
+    t0 = time.monotonic()
+    r = subprocess.run([str(binary), "--upgrade", "-c", d.conf], capture_output=True,
+                       text=True, timeout=60)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    m = re.fullmatch(r"upgraded: pid (\d+) serves; (\d+) sessions? handed over in \d+ ms\n",
+                     r.stdout)
+    assert m, r.stdout
+    new_master = int(m.group(1))
+    try:
+        assert new_master != old_master and alive(new_master)
+        assert os.readlink(f"/proc/{new_master}/exe") == str(binary)
+        assert int(m.group(2)) >= 5
+        assert d.proc.wait(timeout=10) == 0
+        d.notify.wait_for(f"MAINPID={new_master}")
+        part.send("it\n")
+        assert part.line() == "Echo: split"
+        n = load.counts.get("echo", 0)
+        wait_until(lambda: load.counts.get("echo", 0) > n + 200, 10, "load after the upgrade")
+        talk.send("after the upgrade\n")
+        assert hear.line() == "[talker] after the upgrade"
+        hear.send("/who\n")
+        assert re.fullmatch(r"\* r2 \(2\): (hearer, talker|talker, hearer)", hear.line())
+        load.stop.set()
+        for t in load.threads:
+            t.join(timeout=15)
+        assert not load.errors, load.errors
+        # the new master holds what the old one did, nothing more
+        wait_until(lambda: len(os.listdir(f"/proc/{new_master}/fd")) == fds_before, 5,
+                   f"the new master to hold {fds_before} descriptors")
+        with capsys.disabled():
+            print(f"\n[upgrade] forkd --upgrade returned in {took * 1000:.0f} ms: "
+                  f"{m.group(2)} sessions moved to pid {new_master}; {load.counts}")
+    finally:
+        load.stop.set()
+        os.kill(new_master, signal.SIGTERM)
+        wait_until(lambda: not alive(new_master), 15, "the new master to stop")
+        for c in (talk, hear, part):
+            c.close()
