@@ -117,6 +117,7 @@ static struct {
 		uint64_t deadline;
 		uint64_t t0;
 		uint64_t moved0;
+		bool	 quiet;		/* the new one, until the old one is gone */
 	}		 up;
 	bool		 ctl_upgrade[MAX_CTL_CLIENTS];	/* waits for the upgrade */
 	/* the reload whose old workers hand their sessions over */
@@ -173,8 +174,8 @@ update_status(bool force)
 
 	if (!force && now - M.last_status_ms < STATUS_EVERY_MS)
 		return;
-	if (M.up.handing)
-		return;		/* the new master speaks for the service now */
+	if (M.up.handing || M.up.quiet)
+		return;		/* the other master speaks for the service */
 	M.last_status_ms = now;
 	scoreboard_totals(&t);
 	n = live_workers(M.cur.id, true);
@@ -873,8 +874,15 @@ on_link(void)
 		upgrade_ready();
 	if (r < 0 && M.up.active)
 		upgrade_lost("the new forkd exited before it took every session");
-	else if (r < 0)
-		ho_master_gone(HO_LINK, -1, pick_target);	/* the old master is gone */
+	else if (r < 0) {
+		/* the old master is gone: we are the service's main process */
+		ho_master_gone(HO_LINK, -1, pick_target);
+		if (M.up.quiet) {
+			M.up.quiet = false;
+			log_info("upgrade: the old master is gone");
+			update_status(true);
+		}
+	}
 }
 
 /* ---- events ---- */
@@ -944,7 +952,9 @@ on_worker_news(void)
 	if (!M.ready_sent && !M.stopping && live_workers(M.cur.id, true) >= M.target) {
 		M.ready_sent = true;
 		log_info("ready: %d workers × %d threads", M.target, M.cur.cfg->threads);
-		notify_ready();
+		/* an upgrade: the old master says READY=1 with our MAINPID= */
+		if (!M.up.quiet)
+			notify_ready();
 		update_status(true);
 		/* an upgrade: the old master hands its sessions over now */
 		if (ho_master_fd(HO_LINK) >= 0 && ho_master_ready() != 0)
@@ -1497,6 +1507,7 @@ setup(struct fk_config *cfg)
 				ev.data.u64 = TAG_HAND | ((uint64_t)HO_LINK << 8);
 				epoll_ctl(M.epfd, EPOLL_CTL_ADD, link, &ev);
 				M.ctlfd = ctl;
+				M.up.quiet = true;
 				log_info("upgrade: taking over from pid %ld", (long)getppid());
 			}
 			unsetenv("FORKD_UPGRADE");
