@@ -612,7 +612,8 @@ finish_reload(void)
 {
 	int i, n = 0;
 
-	M.ho_reload = M.next.cfg->reload_sessions == RELOAD_HANDOVER;
+	/* said once the last old worker is gone (handover_done) */
+	M.ho_reload = true;
 	M.ho_moved0 = atomic_load(&scoreboard->handed_over);
 	M.ho_failed0 = atomic_load(&scoreboard->handover_failed);
 	for (i = 0; i < FK_MAX_SLOTS; i++) {
@@ -975,6 +976,11 @@ handover_done(void)
 	M.ho_reload = false;
 	moved = atomic_load(&scoreboard->handed_over) - M.ho_moved0;
 	failed = atomic_load(&scoreboard->handover_failed) - M.ho_failed0;
+	if (M.cur.cfg->reload_sessions == RELOAD_DRAIN) {
+		log_info("reload took %llu ms: the old workers drained",
+		    (unsigned long long)(now_ms() - M.reload_t0));
+		return;
+	}
 	log_info("reload took %llu ms: %llu session%s handed over to the new workers%s",
 	    (unsigned long long)(now_ms() - M.reload_t0), (unsigned long long)moved,
 	    PLURAL(moved), failed > 0 ? ", some after a failed try" : "");
