@@ -190,6 +190,7 @@ flush(struct session *c)
 
 		if (n > 0) {
 			c->out_off += (size_t)n;
+			sb_count(&SESSION_LC(c)->bytes_out, (uint64_t)n);	/* metrics */
 			continue;
 		}
 		if (n < 0 && errno == EINTR)
@@ -268,6 +269,7 @@ conn_close(struct session *c, enum conn_kill why)
 	c->ip_counted = false;
 	atomic_fetch_sub_explicit(&sb->conns, 1, memory_order_relaxed);
 	atomic_fetch_sub_explicit(&sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
+	atomic_fetch_sub_explicit(&SESSION_LC(c)->conns, 1, memory_order_relaxed); /* metrics */
 	atomic_fetch_sub(&w->nconns, 1);
 }
 
@@ -352,10 +354,13 @@ conn_work(struct session *c)
 
 			if (n > 0) {
 				c->lines = 0;
+				sb_count(&SESSION_LC(c)->bytes_in, (uint64_t)n);	/* metrics */
 				framer_feed(&c->in, buf, (size_t)n, on_line, c);
-				if (c->lines > 0)
+				if (c->lines > 0) {
 					atomic_fetch_add_explicit(&c->w->sb->requests, c->lines,
 					    memory_order_relaxed);
+					sb_count(&SESSION_LC(c)->requests, c->lines); /* metrics */
+				}
 				if (c->closing ||
 				    atomic_load_explicit(&c->kill, memory_order_relaxed))
 					break;
@@ -523,6 +528,8 @@ conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer, bool ip
 	atomic_fetch_add_explicit(&w->sb->served, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&w->sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&w->sb->svc_served[c->svc_idx], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&SESSION_LC(c)->conns, 1, memory_order_relaxed); /* metrics */
+	sb_count(&SESSION_LC(c)->accepted, 1);	/* metrics */
 	atomic_store(&c->open, true);
 	log_debug("%s: connected to %s", c->peer, c->svc->name);
 
