@@ -77,6 +77,12 @@ struct sb_slot {
 	_Atomic uint64_t	chat_dropped;
 	struct sb_proc		proc;
 	struct sb_lcount	lc[SB_MAX_LISTENERS + 1];
+	/* by protocol (enum fk_protocol) */
+	_Atomic long		proto_conns[FK_MAX_PROTOCOLS];
+	_Atomic uint64_t	proto_served[FK_MAX_PROTOCOLS];
+	_Atomic uint64_t	proto_requests[FK_MAX_PROTOCOLS];
+	/* sessions closed, by enum conn_kill (KILL_NONE: by the client) */
+	_Atomic uint64_t	closed[FK_MAX_KILLS];
 } __attribute__((aligned(64)));
 
 struct scoreboard {
@@ -109,6 +115,9 @@ struct scoreboard {
 	/* listener entries in use, and what each counts for */
 	_Atomic int		nlkeys;
 	struct sb_lkey		lkeys[SB_MAX_LISTENERS];
+	_Atomic uint64_t	retired_proto_served[FK_MAX_PROTOCOLS];
+	_Atomic uint64_t	retired_proto_requests[FK_MAX_PROTOCOLS];
+	_Atomic uint64_t	retired_closed[FK_MAX_KILLS];
 	/* acceptors that sit out wait on this futex; any accept bumps it */
 	_Atomic uint32_t	accept_seq;
 	_Atomic int		accept_waiters;
@@ -126,6 +135,10 @@ struct sb_totals {
 	uint64_t	served, requests, rejected;
 	long		svc_conns[FK_MAX_SERVICES];
 	uint64_t	svc_served[FK_MAX_SERVICES];
+	long		proto_conns[FK_MAX_PROTOCOLS];
+	uint64_t	proto_served[FK_MAX_PROTOCOLS];
+	uint64_t	proto_requests[FK_MAX_PROTOCOLS];
+	uint64_t	closed[FK_MAX_KILLS];
 	int		ready, draining, starting;
 };
 void	scoreboard_totals(struct sb_totals *);
