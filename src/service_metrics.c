@@ -205,13 +205,16 @@ static void
 put_label(struct out *o, const char *name, const char *value, bool first)
 {
 	put(o, "%s%s=\"", first ? "" : ",", name);
-	for (; *value != '\0'; value++) {
-		if (*value == '\\' || *value == '"')
-			put(o, "\\%c", *value);
-		else if (*value == '\n')
-			put(o, "\\n");
-		else
-			put(o, "%c", *value);
+	while (*value != '\0') {
+		size_t n = strcspn(value, "\\\"\n");
+
+		if (n > 0)
+			put(o, "%.*s", (int)n, value);
+		value += n;
+		if (*value != '\0') {
+			put(o, "\\%c", *value == '\n' ? 'n' : *value);
+			value++;
+		}
 	}
 	put(o, "\"");
 }
