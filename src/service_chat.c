@@ -19,6 +19,7 @@
 #include "config.h"
 #include "log.h"
 #include "redis_proto.h"
+#include "scoreboard.h"
 #include "service.h"
 #include "util.h"
 
@@ -134,6 +135,7 @@ struct lroom {
 };
 
 static pthread_mutex_t	 rooms_lock = PTHREAD_MUTEX_INITIALIZER;
+static int		 my_slot;	/* this worker's scoreboard slot */
 static struct lroom	*buckets[ROOM_BUCKETS];
 
 static unsigned
@@ -238,6 +240,7 @@ deliver_to(struct member *m, const char *line, size_t len, uint64_t seq)
 	}
 	session_send(m->s, line, len);
 	session_wake(m->s);
+	sb_count(&scoreboard->slot[my_slot].chat_delivered, 1);	/* metrics */
 }
 
 /* Hand a line to the local members of a room, except one. */
@@ -362,6 +365,8 @@ enter_local(struct member *m, const char *room)
 		return CHAN_FULL;
 	}
 	m->room = r;
+	atomic_fetch_add_explicit(&scoreboard->slot[my_slot].chat_members, 1,
+	    memory_order_relaxed);	/* metrics */
 	m->prev = NULL;
 	m->next = r->head;
 	if (r->head != NULL)
@@ -391,6 +396,8 @@ leave(struct member *m, const char *why)
 	snprintf(room, sizeof(room), "%s", m->room->name);
 	pthread_mutex_lock(&rooms_lock);
 	lroom_remove(m);
+	atomic_fetch_sub_explicit(&scoreboard->slot[my_slot].chat_members, 1,
+	    memory_order_relaxed);	/* metrics */
 	pthread_mutex_unlock(&rooms_lock);
 	chan_leave(room, m->nick);
 	broadcast(m, room, "* %s left %s%s", m->nick, room, why);
@@ -481,6 +488,8 @@ enter_at(uint64_t seq, void *arg)
 	m->skip_upto = seq;
 	m->moving = true;
 	m->room = r;
+	atomic_fetch_add_explicit(&scoreboard->slot[my_slot].chat_members, 1,
+	    memory_order_relaxed);	/* metrics */
 	m->prev = NULL;
 	m->next = r->head;
 	if (r->head != NULL)
@@ -587,6 +596,9 @@ chat_handed(struct session *s, bool moved, uint64_t mark, char **tail, size_t *t
 	}
 	/* its lines go to the new worker now */
 	pthread_mutex_lock(&rooms_lock);
+	if (m->room != NULL)
+		atomic_fetch_sub_explicit(&scoreboard->slot[my_slot].chat_members, 1,
+		    memory_order_relaxed);	/* metrics */
 	lroom_remove(m);
 	aside_flush(m, 0, false);
 	m->moving = false;
@@ -790,6 +802,7 @@ chat_worker_init(const struct fk_config *cfg, const void *vconf, int slot)
 	const struct chat_conf *conf = vconf;
 	struct chan_limits lim = { conf->max_rooms, conf->max_members };
 
+	my_slot = slot;
 	list_max = (size_t)cfg->max_output / 4;
 	if (list_max > LIST_MAX)
 		list_max = LIST_MAX;
