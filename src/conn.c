@@ -1097,7 +1097,8 @@ conn_adopt(struct worker *w, int fd, const char *state, size_t len, uint64_t *ma
 	    (heldlen > 0 && (c->heldbuf = malloc(heldlen)) == NULL) ||
 	    (c->svc->session_size > 0 && (c->data = calloc(1, c->svc->session_size)) == NULL))
 		goto fail;
-	memcpy(c->heldbuf, held, heldlen);
+	if (heldlen > 0)
+		memcpy(c->heldbuf, held, heldlen);
 	c->heldlen = heldlen;
 	pthread_mutex_lock(&c->out_lock);
 	c->out_off = c->out_len = 0;
