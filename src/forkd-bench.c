@@ -97,7 +97,7 @@
 #define FAN_BUF		16384	/* fanout: longest line or message taken */
 #define FAN_OUT		(256 * 1024)	/* fanout: bytes queued to a server */
 #define FAN_MSGS_MAX	10000000	/* fanout: messages a run may send */
-#define SYNC_EVERY	(100 * MSEC)
+#define SYNC_EVERY	(250 * MSEC)
 #define SYNC_CAP	(30 * NSEC)	/* fanout: longest wait for every member */
 #define WS_GUID		"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
