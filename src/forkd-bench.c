@@ -98,7 +98,6 @@
 #define FAN_OUT		(256 * 1024)	/* fanout: bytes queued to a server */
 #define FAN_MSGS_MAX	10000000	/* fanout: messages a run may send */
 #define SYNC_EVERY	(250 * MSEC)
-#define SYNC_CAP	(30 * NSEC)	/* fanout: longest wait for every member */
 #define WS_GUID		"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 enum mode { MODE_RR, MODE_CHURN, MODE_HOLD, MODE_FANOUT };
@@ -137,11 +136,12 @@ static struct {
 	const char	*room;
 	const char	*connect;	/* HOST:PORT,... */
 	double		 drain;
+	double		 sync_wait;
 } opt = {
 	.host = "127.0.0.1", .conns = 50, .size = 16, .duration = 10,
 	.warmup = 1, .threads = 1, .sessions = 1000, .hold_time = 5,
 	.prefix = "Echo: ", .timeout = 5, .label = "-", .room = "fanout",
-	.drain = 5,
+	.drain = 5, .sync_wait = 30,
 };
 
 /* ---- time ---------------------------------------------------------------- */
@@ -1567,7 +1567,7 @@ static void run_fanout_sender(struct worker *w)
 	    fan_members, (double)(fan.t_joined - t_start) / NSEC);
 
 	/* a member that has seen a sync message will see every later one */
-	sync_end = now_ns() + SYNC_CAP;
+	sync_end = now_ns() + (uint64_t)(opt.sync_wait * (double)NSEC);
 	while (!members_synced() && !atomic_load(&fan_sender_dead) &&
 	    (now = now_ns()) < sync_end) {
 		snprintf(body, sizeof(body), "fb %s s 0", fan_run);
@@ -1579,8 +1579,8 @@ static void run_fanout_sender(struct worker *w)
 	fan.ready = atomic_load(&fan_ready);
 	fan.unsynced = fan.ready - atomic_load(&fan_synced);
 	if (fan.unsynced > 0)
-		fprintf(stderr, "forkd-bench: %u member(s) never saw a sync message in %.0f s\n",
-		    fan.unsynced, (double)SYNC_CAP / NSEC);
+		fprintf(stderr, "forkd-bench: %u member(s) never saw a sync message in %.2f s\n",
+		    fan.unsynced, opt.sync_wait);
 
 	interval = (uint64_t)((double)NSEC / opt.rate);
 	fan.t_first = due = now_ns();
@@ -1796,6 +1796,8 @@ static void usage(FILE *f)
 "      --room NAME        fanout, lines: the room joined (fanout)\n"
 "      --drain SEC        fanout: longest wait for deliveries after the last\n"
 "                         message is sent (5)\n"
+"      --sync-wait SEC    fanout: longest wait for every member to see the\n"
+"                         sender before it starts (30)\n"
 "  -l, --label NAME       copied into the SUMMARY line\n"
 "  -h, --help             this text\n"
 "The last line printed is the machine-readable SUMMARY line.\n", f);
@@ -1842,7 +1844,7 @@ static double parse_sec(const char *name, const char *s, double lo, double hi)
 }
 
 enum { O_HOLD = 256, O_LF, O_CRLF, O_EXACT, O_TIMEOUT, O_WS, O_ORIGIN, O_ROOM,
-	O_DRAIN, O_CONNECT };
+	O_DRAIN, O_CONNECT, O_SYNCWAIT };
 
 static void parse_args(int argc, char **argv)
 {
@@ -1869,6 +1871,7 @@ static void parse_args(int argc, char **argv)
 		{ "room", required_argument, NULL, O_ROOM },
 		{ "drain", required_argument, NULL, O_DRAIN },
 		{ "connect", required_argument, NULL, O_CONNECT },
+		{ "sync-wait", required_argument, NULL, O_SYNCWAIT },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1934,6 +1937,7 @@ static void parse_args(int argc, char **argv)
 			break;
 		case O_DRAIN: opt.drain = parse_sec("--drain", optarg, 0, 3600); break;
 		case O_CONNECT: opt.connect = optarg; break;
+		case O_SYNCWAIT: opt.sync_wait = parse_sec("--sync-wait", optarg, 0, 3600); break;
 		case 'h':
 			usage(stdout);
 			exit(0);
