@@ -1,11 +1,18 @@
 /*
- * forkd-bench - load generator for forkd's line services (echo first).
+ * forkd-bench - load generator for forkd's line, WebSocket and chat services.
  *
  * It sends request lines over TCP and counts only replies it has verified:
  * the reply to a payload line must be  PREFIX PAYLOAD  followed by "\n" or
  * "\r\n" (whatever the server sends back).  With --prefix "" this is a plain
  * echo, and a byte-exact echo server returns exactly the bytes sent; --exact
  * also requires the reply's line ending to be the one that was sent.
+ *
+ * --ws PATH speaks RFC 6455 instead: an HTTP/1.1 Upgrade to PATH whose 101
+ * must carry Upgrade, Connection and the Sec-WebSocket-Accept due for the
+ * key sent (SHA-1 and base64 from nettle); then one request is one masked
+ * text message of the payload, and one reply is one text message
+ * PREFIX PAYLOAD (a trailing "\n" or "\r\n" is allowed, --exact allows
+ * none).  Pings are answered; a close frame ends the connection.
  *
  * Modes
  *   rr     N connections (-c), each with one request in flight, payload of
@@ -20,18 +27,34 @@
  *   hold   open K sessions (-k), check that each answers one request, keep
  *          them all open for H seconds (--hold-time), check each again.
  *          Opens at most C at a time (-c, default 512).
+ *   fanout N members (-c, the sender included) join a chat room, spread
+ *          over the servers given (--port P1,P2 or --connect H:P,H:P; the
+ *          sender on the first); one sends R messages/s (--rate) for D
+ *          seconds, each "fb RUN SEQ SEND_TIME_NS" padded to -P bytes, and
+ *          every other member must receive every message.  Lines: members
+ *          send "/join ROOM" (the sender "/nick fbsRUN" first) and are in
+ *          once "* you joined ROOM" or "* you are already in ROOM" arrives;
+ *          messages arrive as "[nick] text".  WebSocket: members are in
+ *          once the handshake is done, send {"message": "..."}, and take a
+ *          message's "message" string (or the whole text) as its text.
+ *          Before the first message the sender repeats a sync message
+ *          until every member has seen one (at most --sync-wait seconds),
+ *          and after the last it waits up to --drain seconds for the
+ *          deliveries still due.
  *
  * Everything is bounded: rr and churn stop after W + D seconds; connecting
  * and waiting for a reply each time out after --timeout seconds (default 5,
- * counted as an error); hold stops opening sessions after 60 seconds.
+ * counted as an error); hold and fanout stop opening sessions after 60
+ * seconds; fanout sends at most 10,000,000 messages, queues at most 256 KiB
+ * to the server, and takes lines and messages of up to 16 KiB.
  *
  * Output: human-readable lines, then exactly one line starting "SUMMARY "
  * made of space-separated key=value pairs.  The keys:
- *   all modes   mode label host port threads size errors, and errors by
+ *   all modes   mode label host port ws threads size errors, and errors by
  *               kind: err_refused err_reset err_timeout err_badreply
  *               (wrong or unexpected bytes) err_eof (closed before the
  *               reply) err_noaddr (no local address/port left) err_nofile
- *               (out of descriptors) err_other
+ *               (out of descriptors) err_handshake (no valid 101) err_other
  *   rr          conns warmup duration requests (verified in the measured
  *               window) all_requests (verified, warm-up included) rate
  *               p50_us p90_us p99_us max_us mean_us
@@ -42,12 +65,23 @@
  *               p90_us p99_us max_us mean_us
  *   hold        sessions hold_time ok_start ok_end dropped (closed by the
  *               server while held) open_s (time to open them all)
+ *   fanout      servers members receivers failed (members that could not
+ *               join) rate duration messages (planned) sent send_failed
+ *               (did not fit the sender's queue) send_s expected (sent x
+ *               receivers in the room) received lost (expected - received)
+ *               dup ooo (out of order) dropped (members closed by the server
+ *               during the run) unsynced join_s drain_s deliveries_per_s
+ *               (received / duration) p50_us p90_us p99_us max_us mean_us
+ *               (send to receive)
+ * All SUMMARY lines carry ws (the WebSocket path or "-"); with --connect,
+ * host is "-" and port is the --connect list.
  * Rates are per second over the measured duration; latencies are in
  * microseconds, taken from a log-linear histogram (< 1% relative error,
  * upper bound of the bucket; max is exact).  label is "-" unless --label.
  *
  * Exit status: 0 ok; 1 errors > 0 or no verified request (rr, churn), or
- * any session failed (hold); 2 bad usage.
+ * any session failed (hold), or errors, lost messages or members that could
+ * not join (fanout); 2 bad usage.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
