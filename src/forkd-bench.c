@@ -2071,8 +2071,14 @@ int main(int argc, char **argv)
 		o += strlen(where + o);
 	}
 	if (opt.ws != NULL) {
+		size_t hs = strlen(opt.ws) + 2 * sizeof(dests[0].name) + 256;
+
+		if (opt.origin != NULL)
+			hs += strlen(opt.origin);
 		in_cap = HS_MAX;
 		msg_cap = opt.plen + opt.size + 2 + 512;
+		if (msg_cap < hs)
+			msg_cap = hs;	/* the handshake is written there first */
 	} else {
 		in_cap = opt.plen + opt.size + 2 + 1;
 	}
