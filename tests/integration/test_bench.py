@@ -292,3 +292,53 @@ def test_ws_rr_against_forkd_websocket_echo(forkd_factory, tmp_path):
     r, s = bench("rr", "--ws", "/", "--port", d.port, "-c", 8, "-d", 0.5, "-w", 0)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert int(s["requests"]) > 0 and s["errors"] == "0"
+
+
+def table_rows(text):
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("| ---"):
+            cells = [c.strip() for c in line.split("|")[1:-1]]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_fanout_script_runs_and_prints_its_table(tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run([os.path.join(SRC, "tests", "bench", "fanout"),
+                        "--servers", "forkd-line", "--members", "20", "--rate", "20",
+                        "--duration", "1", "--drain", "3", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, FORKD=FORKD))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = table_rows((out / "table.md").read_text())
+    assert rows["metric"] == ["forkd-line"]
+    assert rows["receiving members in the room"] == ["19"]
+    assert rows["deliveries expected"] == ["380"]
+    assert rows["deliveries received"] == ["380"] and rows["lost"] == ["0"]
+    for line in r.stdout.splitlines():
+        if " started, pid(s) " in line:
+            for pid in line.split(" started, pid(s) ")[1].split(",")[0].split():
+                assert not alive(int(pid)), line
+
+
+def test_compare_ws_runs_or_says_what_it_left_out(tmp_path, forkd_factory):
+    out = tmp_path / "out"
+    r = subprocess.run([os.path.join(SRC, "tests", "bench", "compare-ws"),
+                        "--servers", "forkd-ws,forkd-line", "--duration", "1",
+                        "--warmup", "0", "--sessions", "200", "--hold-time", "1",
+                        "--out", str(out)],
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, FORKD=FORKD))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = table_rows((out / "table.md").read_text())
+    assert rows["metric"][:2] == ["forkd ws", "forkd line"]
+    assert float(rows["rr rate, req/s (50 conns, 16 B)"][1]) > 0
+    assert rows["hold: answered after hold"][1] == "200"
+    ok, _ = forkd_speaks_websocket(tmp_path)
+    if ok:
+        assert float(rows["rr rate, req/s (50 conns, 16 B)"][0]) > 0
+        assert rows["hold: answered after hold"][0] == "200"
+    else:
+        assert rows["rr rate, req/s (50 conns, 16 B)"][0] == "-"
+        assert "forkd-ws LEFT OUT" in r.stderr
