@@ -36,7 +36,8 @@
  *          once "* you joined ROOM" or "* you are already in ROOM" arrives;
  *          messages arrive as "[nick] text".  WebSocket: members are in
  *          once the handshake is done, send {"message": "..."}, and take a
- *          message's "message" string (or the whole text) as its text.
+ *          message's "message" string as its text (without one: the text
+ *          after "[nick] ", or the whole text).
  *          Before the first message the sender repeats a sync message
  *          until every member has seen one (at most --sync-wait seconds),
  *          and after the last it waits up to --drain seconds for the
@@ -1284,6 +1285,15 @@ static void fan_message(struct worker *w, struct conn *c, const char *m, size_t 
 	if (lstate(c) != C_MEMBER)
 		return;
 	if (p == NULL) {
+		/* plain text: the text itself, or a chat line "[nick] text" */
+		const char *b = len > 0 && m[0] == '[' ? memmem(m, len, "] ", 2) : NULL;
+
+		if (b != NULL) {
+			len -= (size_t)(b + 2 - m);
+			m = b + 2;
+		}
+		while (len > 0 && (m[len - 1] == '\n' || m[len - 1] == '\r'))
+			len--;
 		fan_body(w, c, m, len, now_ns());
 		return;
 	}

@@ -234,9 +234,11 @@ def test_ws_handshake_with_a_wrong_accept_is_an_error():
         srv.close()
 
 
-def test_fanout_over_websocket_reads_the_json_room_form():
-    """A room that sends {"payload": {"message": ..}} to every member,
-    the sender included, as the Channels tutorial's room does."""
+@pytest.mark.parametrize("form", ["json", "text"])
+def test_fanout_over_websocket_reads_the_room_forms(form):
+    """A room that sends {"payload": {"message": ..}} to every member, the
+    sender included, as the Channels tutorial's room does; or text lines
+    "[nick] text" as a line chat does."""
     pytest.importorskip("websockets", reason="python3-websockets is not installed")
     port = free_port()
     code = f"""
@@ -248,6 +250,8 @@ async def room(ws, *path):
         async for m in ws:
             text = json.loads(m)["message"]
             out = json.dumps({{"payload": {{"message": text, "nick": "n", "room": "r"}}}})
+            if {form!r} == "text":
+                out = "[n] " + text + "\\r\\n"
             for x in list(members):
                 try:
                     await x.send(out)
