@@ -7,6 +7,8 @@
 #include <strings.h>
 #include <time.h>
 
+#include "chan.h"
+#include "codec.h"
 #include "scoreboard.h"
 #include "service.h"
 #include "util.h"
@@ -16,7 +18,7 @@
  * the workers' (about 30 lines of at most 48 bytes), and six lines of at
  * most 48 bytes for each slot in use, up to every slot during a reload.
  */
-#define STATS_HEAD_MAX	2048
+#define STATS_HEAD_MAX	4096
 #define STATS_SLOT_MAX	384
 
 static void
@@ -47,6 +49,14 @@ stats_all(struct session *s)
 		session_reply(s, "STAT %s_total_connections %llu", services[i]->name,
 		    (unsigned long long)t.svc_served[i]);
 	}
+	for (i = 0; i < PROTO_COUNT; i++) {
+		session_reply(s, "STAT protocol.%s.curr_connections %ld", protocol_names[i],
+		    t.proto_conns[i]);
+		session_reply(s, "STAT protocol.%s.total_connections %llu", protocol_names[i],
+		    (unsigned long long)t.proto_served[i]);
+		session_reply(s, "STAT protocol.%s.requests %llu", protocol_names[i],
+		    (unsigned long long)t.proto_requests[i]);
+	}
 	session_reply(s, "STAT worker_restarts %llu",
 	    (unsigned long long)atomic_load(&scoreboard->restarts));
 	session_reply(s, "STAT worker_recycles %llu",
@@ -55,6 +65,19 @@ stats_all(struct session *s)
 	    (unsigned long long)atomic_load(&scoreboard->reloads));
 	session_reply(s, "STAT reload_failures %llu",
 	    (unsigned long long)atomic_load(&scoreboard->reload_failures));
+	{
+		static const char *const link_names[] = { "none", "down", "up" };
+		struct chan_counters cc;
+		int link = chan_link();
+
+		/* "none": this host's chat has no other hosts (chat.layer "local") */
+		chan_counters(&cc);
+		session_reply(s, "STAT chat_redis_link %s", link_names[link]);
+		session_reply(s, "STAT chat_redis_published %llu", cc.published);
+		session_reply(s, "STAT chat_redis_received %llu", cc.received);
+		session_reply(s, "STAT chat_redis_lost %llu", cc.lost);
+		session_reply(s, "STAT chat_redis_links %llu", cc.links);
+	}
 	for (i = 0; i < FK_MAX_SLOTS; i++) {
 		struct sb_slot *w = &scoreboard->slot[i];
 		int st = atomic_load(&w->state);
