@@ -710,8 +710,15 @@ ws_head(struct session *c, struct ws *st, const struct http_request *r)
 		return -1;
 	}
 	if (!origin_allowed(c, r)) {
+		char shown[128];
+		size_t i;
+
+		/* the client wrote it: printable ASCII only into the log */
 		origin = http_header(r, "Origin");
-		log_warnx("websocket %s: origin \"%.200s\" refused", c->peer, origin);
+		for (i = 0; origin[i] != '\0' && i < sizeof(shown) - 1; i++)
+			shown[i] = origin[i] >= 0x20 && origin[i] < 0x7f ? origin[i] : '?';
+		shown[i] = '\0';
+		log_warnx("websocket %s: origin \"%s\" refused", c->peer, shown);
 		http_error(c, st, 403, NULL, "Origin not allowed\n");
 		return -1;
 	}

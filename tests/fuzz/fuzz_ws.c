@@ -36,6 +36,7 @@
 #include "config.h"
 #include "conn.h"
 #include "http.h"
+#include "log.h"
 #include "service.h"
 #include "util.h"
 #include "worker.h"
@@ -315,8 +316,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size < 3)
 		return 0;
-	if (wire == NULL && (wire = malloc(WIRE_MAX)) == NULL)
-		abort();
+	if (wire == NULL) {
+		if ((wire = malloc(WIRE_MAX)) == NULL)
+			abort();
+		log_set_level(LOG_ERR);	/* refused origins are logged */
+	}
 	wire_len = 0;
 	cfg.max_line = 16 + 8 * data[1];
 	cfg.max_output = 1024 + 64 * data[2];
