@@ -49,6 +49,7 @@
 #define WS_KEY_LEN		24	/* base64 of 16 bytes */
 #define WS_NO_CLOSE		(-1)
 #define WS_EMPTY_CLOSE		0	/* a close frame without a code */
+#define WS_KEEP_CAP		4096	/* larger buffers are freed once used */
 
 enum ws_phase { PH_HTTP, PH_WS };
 
@@ -70,6 +71,7 @@ struct ws {
 
 	/* under c->out_lock */
 	bool			 closed;	/* our close frame is queued */
+	bool			 http_only;	/* plain HTTP was served: no frames */
 	bool			 bin_active;	/* replies go to bin (a binary request) */
 	char			*pend;		/* a partial reply line, or all output
 						 * before the handshake */
@@ -204,6 +206,7 @@ emit(struct session *c, unsigned opcode, const void *data, size_t n, bool text)
 	const unsigned char *u = data;
 	unsigned char *q;
 	size_t i, k, hl, len = n;
+	bool ok;
 
 	if (text) {
 		for (i = 0, len = 0; i < n; i += k) {
@@ -233,7 +236,13 @@ emit(struct session *c, unsigned opcode, const void *data, size_t n, bool text)
 			}
 		}
 	}
-	return conn_write_locked(c, st->frame, hl + len);
+	ok = conn_write_locked(c, st->frame, hl + len);
+	if (st->frame_cap > WS_KEEP_CAP) {
+		free(st->frame);
+		st->frame = NULL;
+		st->frame_cap = 0;
+	}
+	return ok;
 }
 
 static bool
@@ -253,12 +262,19 @@ static bool
 flush_bin(struct session *c, struct ws *st)
 {
 	size_t n = st->bin_len;
+	bool ok;
 
 	st->bin_active = false;
 	st->bin_len = 0;
 	if (n >= 2 && st->bin[n - 2] == '\r' && st->bin[n - 1] == '\n')
 		n -= 2;
-	return write_frame(c, WSLAY_BINARY_FRAME, st->bin, n);
+	ok = write_frame(c, WSLAY_BINARY_FRAME, st->bin, n);
+	if (st->bin_cap > WS_KEEP_CAP) {
+		free(st->bin);
+		st->bin = NULL;
+		st->bin_cap = 0;
+	}
+	return ok;
 }
 
 /*
@@ -320,6 +336,11 @@ frame_pend(struct session *c, struct ws *st)
 		return false;
 	memmove(st->pend, st->pend + used, st->pend_len - (size_t)used);
 	st->pend_len -= (size_t)used;
+	if (st->pend_len == 0 && st->pend_cap > WS_KEEP_CAP) {
+		free(st->pend);
+		st->pend = NULL;
+		st->pend_cap = 0;
+	}
 	return true;
 }
 
@@ -329,7 +350,7 @@ ws_output(struct session *c, const char *buf, size_t n)
 	struct ws *st = c->cstate;
 	ssize_t used;
 
-	if (st == NULL || st->closed || n == 0)
+	if (st == NULL || st->closed || st->http_only || n == 0)
 		return true;
 	if (st->bin_active) {
 		if (!grow(&st->bin, &st->bin_cap, st->bin_len + n, max_output(c)))
@@ -680,7 +701,9 @@ ws_head(struct session *c, struct ws *st, const struct http_request *r)
 			return -1;
 		}
 		pthread_mutex_lock(&c->out_lock);
-		st->pend_len = 0;	/* a banner is not for HTTP clients */
+		/* a banner, chat lines: not for an HTTP client */
+		st->http_only = true;
+		st->pend_len = 0;
 		pthread_mutex_unlock(&c->out_lock);
 		c->svc->http(c, r);
 		if (!r->keep_alive || c->closing ||
@@ -899,6 +922,9 @@ ws_close(struct session *c)
 
 	if (st == NULL)
 		return;
+	pthread_mutex_lock(&c->out_lock);
+	c->cstate = NULL;
+	pthread_mutex_unlock(&c->out_lock);
 	if (st->ctx != NULL)
 		wslay_event_context_free(st->ctx);
 	http_head_free(st->hp);
@@ -907,7 +933,6 @@ ws_close(struct session *c)
 	free(st->bin);
 	free(st->frame);
 	free(st);
-	c->cstate = NULL;
 }
 
 const struct codec codec_websocket = {
