@@ -694,7 +694,8 @@ origin_allowed(const struct session *c, const struct http_request *r)
 		return true;
 	if (l != NULL && l->norigins > 0) {
 		for (i = 0; i < l->norigins; i++)
-			if (strcasecmp(origin, l->allowed_origins[i]) == 0)
+			if (strcmp(l->allowed_origins[i], "*") == 0 ||
+			    strcasecmp(origin, l->allowed_origins[i]) == 0)
 				return true;
 		return false;
 	}

@@ -362,6 +362,14 @@ def test_allowed_origins(forkd_factory):
     wait_until(lambda: "a.example.evil" in d.log(), what="the refusal in the log")
 
 
+def test_allowed_origins_star_lets_any_origin_in(forkd_factory):
+    d = forkd_factory([{"service": "echo", "protocol": "websocket",
+                        "allowed_origins": ["*"]}], workers=1, threads=2)
+    r = Raw(d.port).handshake(extra="Origin: https://anywhere.example\r\n")
+    r.send(frame(1, b"hi"))
+    assert r.text() == "Echo: hi"
+
+
 # ---- frames ----
 
 @pytest.mark.parametrize("name,data", [
