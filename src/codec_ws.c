@@ -53,6 +53,22 @@
 
 enum ws_phase { PH_HTTP, PH_WS };
 
+/*
+ * Frame boundaries in the client's byte stream (headers only; payloads are
+ * wslay's).  wslay checks a close reason's UTF-8 chunk by chunk, restarting
+ * two bytes into each chunk, so a close frame it gets in two pieces (cut by
+ * a read, or by the end of its 4 KiB buffer) can fail a valid reason.  So
+ * control frames are handed over whole: held back until all of one has
+ * arrived, and never cut by the end of what a recv callback returns.
+ */
+#define WS_CTL_MAX	(2 + 4 + 125)	/* a valid control frame, masked */
+
+struct tracker {
+	unsigned char	 hdr[14];	/* the header being read */
+	size_t		 hlen, hneed;	/* hlen 0 and rem 0: at a frame's start */
+	uint64_t	 rem;		/* payload bytes left of this frame */
+};
+
 struct ws {
 	enum ws_phase		 phase;
 	bool			 done;		/* we ended it: input is ignored */
@@ -66,6 +82,9 @@ struct ws {
 	wslay_event_context_ptr	 ctx;
 	const char		*in;		/* input() bytes for the recv callback */
 	size_t			 in_len;
+	struct tracker		 trk;		/* where the frames handed to wslay end */
+	unsigned char		 carry[WS_CTL_MAX]; /* a control frame not all here */
+	size_t			 carry_len;
 	char			*req;		/* max_line + 1: a text message, NUL-ended */
 	uint64_t		 last_rx_ms;	/* a frame came in */
 	uint64_t		 ping_sent_ms;	/* 0: no ping outstanding */
@@ -381,23 +400,102 @@ ws_output(struct session *c, const char *buf, size_t n)
 
 /* ---- wslay's side ---- */
 
+/* t moves over n bytes of the stream. */
+static void
+trk_advance(struct tracker *t, const unsigned char *p, size_t n)
+{
+	while (n > 0) {
+		if (t->rem > 0) {
+			size_t k = t->rem < n ? (size_t)t->rem : n;
+
+			t->rem -= k;
+			p += k;
+			n -= k;
+			continue;
+		}
+		t->hdr[t->hlen++] = *p++;
+		n--;
+		if (t->hlen == 2) {
+			unsigned len7 = t->hdr[1] & 0x7f;
+
+			t->hneed = 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) +
+			    ((t->hdr[1] & 0x80) ? 4 : 0);
+		}
+		if (t->hlen >= 2 && t->hlen == t->hneed) {
+			unsigned len7 = t->hdr[1] & 0x7f;
+			size_t i;
+
+			if (len7 < 126)
+				t->rem = len7;
+			else
+				for (t->rem = 0, i = 0; i < (len7 == 126 ? 2u : 8u); i++)
+					t->rem = t->rem << 8 | t->hdr[2 + i];
+			t->hlen = 0;
+		}
+	}
+}
+
+/*
+ * How many of the next n bytes may go to wslay: all, or up to the start
+ * of a control frame that does not end within them.
+ */
+static size_t
+trk_limit(const struct tracker *t0, const unsigned char *p, size_t n)
+{
+	struct tracker t = *t0;
+	size_t pos = 0;
+
+	while (pos < n) {
+		if (t.rem == 0 && t.hlen == 0 && (p[pos] & 0x80) != 0 &&
+		    (p[pos] & 0x0f) >= 8) {
+			size_t total;
+
+			if (pos + 1 >= n)
+				return pos;
+			total = 2 + ((p[pos + 1] & 0x80) ? 4 : 0) + (p[pos + 1] & 0x7f);
+			/* one over 125 bytes is refused by its header anyway */
+			if ((p[pos + 1] & 0x7f) <= 125 && pos + total > n)
+				return pos;
+		}
+		if (t.rem > 0) {
+			size_t k = t.rem < n - pos ? (size_t)t.rem : n - pos;
+
+			trk_advance(&t, p + pos, k);
+			pos += k;
+		} else {
+			trk_advance(&t, p + pos, 1);
+			pos++;
+		}
+	}
+	return n;
+}
+
 static ssize_t
 ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
     void *arg)
 {
 	struct ws *st = arg;
 
+	const unsigned char *in = (const unsigned char *)st->in;
+	size_t n;
+
 	(void)flags;
-	if (st->in_len == 0) {
+	if (len > st->in_len)
+		len = st->in_len;
+	n = trk_limit(&st->trk, in, len);
+	if (n == 0 && len > 0 && len < st->in_len &&
+	    trk_limit(&st->trk, in, st->in_len) > 0)
+		n = len;	/* whole but bigger than wslay's room: cut it */
+	if (n == 0) {
+		/* nothing, or only the start of a control frame: wait */
 		wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
 		return -1;
 	}
-	if (len > st->in_len)
-		len = st->in_len;
-	memcpy(buf, st->in, len);
-	st->in += len;
-	st->in_len -= len;
-	return (ssize_t)len;
+	memcpy(buf, in, n);
+	trk_advance(&st->trk, in, n);
+	st->in += n;
+	st->in_len -= n;
+	return (ssize_t)n;
 }
 
 /* wslay's pongs and closes; called from the owner with out_lock held */
@@ -563,13 +661,38 @@ fail(struct session *c, struct ws *st)
 static int
 ws_frames(struct session *c, struct ws *st, char *data, size_t n)
 {
+	char *joined = NULL;
 	int r;
 
+	if (st->carry_len > 0) {
+		/* the start of a control frame came with the last read */
+		if ((joined = malloc(st->carry_len + n)) == NULL) {
+			send_close(c, st, 1011, NULL);
+			fail(c, st);
+			return -1;
+		}
+		memcpy(joined, st->carry, st->carry_len);
+		memcpy(joined + st->carry_len, data, n);
+		data = joined;
+		n += st->carry_len;
+		st->carry_len = 0;
+	}
 	st->in = data;
 	st->in_len = n;
 	r = wslay_event_recv(st->ctx);
+	if (r == 0 && !st->stop && st->reply_close == WS_NO_CLOSE &&
+	    wslay_event_get_read_enabled(st->ctx) && st->in_len > 0) {
+		/* held back: part of one control frame, less than WS_CTL_MAX */
+		if (st->in_len > sizeof(st->carry))
+			r = WSLAY_ERR_PROTO;
+		else {
+			memcpy(st->carry, st->in, st->in_len);
+			st->carry_len = st->in_len;
+		}
+	}
 	st->in = NULL;
 	st->in_len = 0;
+	free(joined);
 	if (st->stop)
 		return -1;
 	if (st->reply_close != WS_NO_CLOSE) {
