@@ -400,6 +400,30 @@ ws_output(struct session *c, const char *buf, size_t n)
 
 /* ---- wslay's side ---- */
 
+/* Header bytes of a frame whose second byte is b1. */
+static size_t
+hdr_len(unsigned char b1)
+{
+	unsigned len7 = b1 & 0x7f;
+
+	return 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + ((b1 & 0x80) ? 4 : 0);
+}
+
+/* The payload length in a complete header. */
+static uint64_t
+hdr_payload(const unsigned char *h)
+{
+	unsigned len7 = h[1] & 0x7f;
+	uint64_t len = 0;
+	size_t i;
+
+	if (len7 < 126)
+		return len7;
+	for (i = 0; i < (len7 == 126 ? 2u : 8u); i++)
+		len = len << 8 | h[2 + i];
+	return len;
+}
+
 /* t moves over n bytes of the stream. */
 static void
 trk_advance(struct tracker *t, const unsigned char *p, size_t n)
@@ -413,23 +437,22 @@ trk_advance(struct tracker *t, const unsigned char *p, size_t n)
 			n -= k;
 			continue;
 		}
+		if (t->hlen == 0 && n >= 2 && n >= hdr_len(p[1])) {
+			/* a whole header here */
+			size_t hl = hdr_len(p[1]);
+
+			t->rem = hdr_payload(p);
+			p += hl;
+			n -= hl;
+			continue;
+		}
+		/* a header cut between two reads: byte by byte */
 		t->hdr[t->hlen++] = *p++;
 		n--;
-		if (t->hlen == 2) {
-			unsigned len7 = t->hdr[1] & 0x7f;
-
-			t->hneed = 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) +
-			    ((t->hdr[1] & 0x80) ? 4 : 0);
-		}
+		if (t->hlen == 2)
+			t->hneed = hdr_len(t->hdr[1]);
 		if (t->hlen >= 2 && t->hlen == t->hneed) {
-			unsigned len7 = t->hdr[1] & 0x7f;
-			size_t i;
-
-			if (len7 < 126)
-				t->rem = len7;
-			else
-				for (t->rem = 0, i = 0; i < (len7 == 126 ? 2u : 8u); i++)
-					t->rem = t->rem << 8 | t->hdr[2 + i];
+			t->rem = hdr_payload(t->hdr);
 			t->hlen = 0;
 		}
 	}
@@ -445,27 +468,32 @@ trk_limit(const struct tracker *t0, const unsigned char *p, size_t n)
 	struct tracker t = *t0;
 	size_t pos = 0;
 
-	while (pos < n) {
-		if (t.rem == 0 && t.hlen == 0 && (p[pos] & 0x80) != 0 &&
-		    (p[pos] & 0x0f) >= 8) {
-			size_t total;
+	/* the rest of the frame under way */
+	while (pos < n && (t.hlen > 0 || t.rem > 0)) {
+		size_t k = t.rem > 0 ? (t.rem < n - pos ? (size_t)t.rem : n - pos) : 1;
 
+		trk_advance(&t, p + pos, k);
+		pos += k;
+	}
+	/* whole frames from here on */
+	while (pos < n) {
+		size_t hl;
+		uint64_t plen;
+
+		if ((p[pos] & 0x80) != 0 && (p[pos] & 0x0f) >= 8) {
 			if (pos + 1 >= n)
 				return pos;
-			total = 2 + ((p[pos + 1] & 0x80) ? 4 : 0) + (p[pos + 1] & 0x7f);
 			/* one over 125 bytes is refused by its header anyway */
-			if ((p[pos + 1] & 0x7f) <= 125 && pos + total > n)
+			if ((p[pos + 1] & 0x7f) <= 125 &&
+			    pos + hdr_len(p[pos + 1]) + (p[pos + 1] & 0x7f) > n)
 				return pos;
 		}
-		if (t.rem > 0) {
-			size_t k = t.rem < n - pos ? (size_t)t.rem : n - pos;
-
-			trk_advance(&t, p + pos, k);
-			pos += k;
-		} else {
-			trk_advance(&t, p + pos, 1);
-			pos++;
-		}
+		if (n - pos < 2 || n - pos < (hl = hdr_len(p[pos + 1])))
+			return n;	/* the start of a data frame's header */
+		plen = hdr_payload(p + pos);
+		if (plen >= n - pos - hl)
+			return n;
+		pos += hl + (size_t)plen;
 	}
 	return n;
 }

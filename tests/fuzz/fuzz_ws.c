@@ -56,12 +56,14 @@ static struct session sess;
 static unsigned char *wire;
 static size_t wire_len;
 static char *allowed[] = { (char *)"https://a.example" };
+static bool overflowed;		/* some output did not fit in max_output */
 
 static bool
 out_add(struct session *c, const void *buf, size_t n)
 {
 	if (c->out_full || c->out_len + n > (size_t)cfg.max_output) {
 		c->out_full = true;
+		overflowed = true;
 		return false;
 	}
 	if (c->out_len + n > c->out_cap) {
@@ -344,6 +346,7 @@ session(const uint8_t *data, size_t size, bool whole)
 	bool plain = true;
 
 	wire_len = 0;
+	overflowed = false;
 	memset(c, 0, sizeof(*c));
 	pthread_mutex_init(&c->out_lock, NULL);
 	c->w = &wk;
@@ -408,7 +411,8 @@ session(const uint8_t *data, size_t size, bool whole)
 	if (whole && nall > 0)
 		(void)feed(c, all, nall);
 out:
-	if (atomic_load(&c->kill) == KILL_OVERFLOW)
+	/* what was lost to a full queue depends on how the reads fell */
+	if (overflowed || atomic_load(&c->kill) == KILL_OVERFLOW)
 		plain = false;
 	drain(c);
 	c->codec->close(c);
