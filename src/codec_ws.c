@@ -15,7 +15,8 @@
  *    a close without a code: such a close is not sent, 1002 is;
  *  - a close with a 1-byte payload passes as one without a code: 1002;
  *  - it checks the close reason's UTF-8 by chunks of the frame, skipping
- *    two bytes of each: the reason is checked again here as a whole (1007);
+ *    two bytes of each: control frames are handed to it whole (see struct
+ *    tracker), and the reason is checked again here as a whole (1007);
  *  - a peer's close is answered from here with its code (the reason is not
  *    echoed), so that the checks above come first.
  *
