@@ -326,6 +326,7 @@ flush(struct session *c)
 
 		if (n > 0) {
 			c->out_off += (size_t)n;
+			sb_count(&SESSION_LC(c)->bytes_out, (uint64_t)n);	/* metrics */
 			continue;
 		}
 		if (n < 0 && errno == EINTR)
@@ -415,6 +416,7 @@ conn_close(struct session *c, enum conn_kill why)
 	c->ip_counted = false;
 	atomic_fetch_sub_explicit(&sb->conns, 1, memory_order_relaxed);
 	atomic_fetch_sub_explicit(&sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
+	atomic_fetch_sub_explicit(&SESSION_LC(c)->conns, 1, memory_order_relaxed); /* metrics */
 	atomic_fetch_sub_explicit(&sb->proto_conns[c->l->protocol], 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&sb->closed[why], 1, memory_order_relaxed);
 	atomic_fetch_sub(&w->nconns, 1);
@@ -504,6 +506,7 @@ feed(struct session *c, char *data, size_t n)
 		atomic_fetch_add_explicit(&c->w->sb->requests, c->lines, memory_order_relaxed);
 		atomic_fetch_add_explicit(&c->w->sb->proto_requests[c->l->protocol],
 		    c->lines, memory_order_relaxed);
+		sb_count(&SESSION_LC(c)->requests, c->lines);	/* metrics */
 	}
 	if (c->closing || atomic_load_explicit(&c->kill, memory_order_relaxed))
 		return 1;
@@ -577,8 +580,10 @@ conn_work(struct session *c)
 			ssize_t n = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
 
 			if (n > 0) {
-				int r = feed(c, buf, (size_t)n);
+				int r;
 
+				sb_count(&SESSION_LC(c)->bytes_in, (uint64_t)n);	/* metrics */
+				r = feed(c, buf, (size_t)n);
 				if (r == 2) {
 					flush(c);
 					return;
@@ -765,6 +770,8 @@ conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer, bool ip
 	atomic_fetch_add_explicit(&w->sb->served, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&w->sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&w->sb->svc_served[c->svc_idx], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&SESSION_LC(c)->conns, 1, memory_order_relaxed); /* metrics */
+	sb_count(&SESSION_LC(c)->accepted, 1);	/* metrics */
 	atomic_fetch_add_explicit(&w->sb->proto_conns[l->protocol], 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&w->sb->proto_served[l->protocol], 1, memory_order_relaxed);
 	atomic_store(&c->open, true);

@@ -18,6 +18,7 @@
 #include "config.h"
 #include "log.h"
 #include "redis_proto.h"
+#include "scoreboard.h"
 #include "service.h"
 
 #define NAME_MAX_LEN	32
@@ -112,6 +113,7 @@ struct lroom {
 };
 
 static pthread_mutex_t	 rooms_lock = PTHREAD_MUTEX_INITIALIZER;
+static int		 my_slot;	/* this worker's scoreboard slot */
 static struct lroom	*buckets[ROOM_BUCKETS];
 
 static unsigned
@@ -182,6 +184,7 @@ deliver_local(const char *room, const char *line, size_t len, const struct membe
 			continue;
 		session_send(m->s, line, len);
 		session_wake(m->s);
+		sb_count(&scoreboard->slot[my_slot].chat_delivered, 1);	/* metrics */
 	}
 	pthread_mutex_unlock(&rooms_lock);
 }
@@ -284,6 +287,8 @@ enter_local(struct member *m, const char *room)
 		return CHAN_FULL;
 	}
 	m->room = r;
+	atomic_fetch_add_explicit(&scoreboard->slot[my_slot].chat_members, 1,
+	    memory_order_relaxed);	/* metrics */
 	m->prev = NULL;
 	m->next = r->head;
 	if (r->head != NULL)
@@ -313,6 +318,8 @@ leave(struct member *m, const char *why)
 	snprintf(room, sizeof(room), "%s", m->room->name);
 	pthread_mutex_lock(&rooms_lock);
 	lroom_remove(m);
+	atomic_fetch_sub_explicit(&scoreboard->slot[my_slot].chat_members, 1,
+	    memory_order_relaxed);	/* metrics */
 	pthread_mutex_unlock(&rooms_lock);
 	chan_leave(room, m->nick);
 	broadcast(m, room, "* %s left %s%s", m->nick, room, why);
@@ -530,6 +537,7 @@ chat_worker_init(const struct fk_config *cfg, const void *vconf, int slot)
 	const struct chat_conf *conf = vconf;
 	struct chan_limits lim = { conf->max_rooms, conf->max_members };
 
+	my_slot = slot;
 	list_max = (size_t)cfg->max_output / 4;
 	if (list_max > LIST_MAX)
 		list_max = LIST_MAX;

@@ -178,15 +178,17 @@ check_shipped_file(void)
 			    key, a, b);
 		}
 	}
-	/* the documented listeners: echo, stats on loopback only, calc, chat */
-	CHECK(cfg->nlisteners == 4, "%s: %zu listeners", path, cfg->nlisteners);
-	if (cfg->nlisteners == 4) {
+	/* the documented listeners: echo, stats on loopback only, calc, chat,
+	 * metrics on loopback only */
+	CHECK(cfg->nlisteners == 5, "%s: %zu listeners", path, cfg->nlisteners);
+	if (cfg->nlisteners == 5) {
 		static const struct { const char *svc, *addr; int port; } want[] = {
 			{ "echo", "0.0.0.0", 5002 }, { "stats", "127.0.0.1", 5003 },
 			{ "calc", "0.0.0.0", 5004 }, { "chat", "0.0.0.0", 5005 },
+			{ "metrics", "127.0.0.1", 9477 },
 		};
 
-		for (i = 0; i < 4; i++) {
+		for (i = 0; i < 5; i++) {
 			const struct fk_listener *l = &cfg->listeners[i];
 
 			CHECK(strcmp(l->service_name, want[i].svc) == 0 &&
@@ -334,7 +336,7 @@ main(void)
 	expect_error("listeners = (\n { address = \"127.0.0.1\"; port = 1; service = \"ecco\"; } );\n",
 	    "t.conf:2: unknown service 'ecco' (did you mean 'echo'?");
 	expect_error("listeners = (\n { address = \"127.0.0.1\"; port = 1; service = \"http\"; } );\n",
-	    "unknown service 'http' (known: echo, calc, chat, stats)");
+	    "unknown service 'http' (known: echo, calc, chat, stats, metrics)");
 	expect_error("listeners = (\n { address = \"127.0.0.1\"; port = 1; } );\n",
 	    "'service' is required");
 	expect_error("listeners = (\n { address = \"127.0.0.1\"; service = \"echo\"; } );\n",
