@@ -96,6 +96,7 @@ codec_for(int protocol)
 	switch (protocol) {
 	case PROTO_LINE:	return &codec_line;
 	case PROTO_CHUNK:	return &codec_chunk;
+	case PROTO_WEBSOCKET:	return &codec_websocket;
 	case PROTO_HTTP:	return &codec_http;
 	default:		return NULL;
 	}
