@@ -68,6 +68,7 @@ struct tracker {
 	unsigned char	 hdr[14];	/* the header being read */
 	size_t		 hlen, hneed;	/* hlen 0 and rem 0: at a frame's start */
 	uint64_t	 rem;		/* payload bytes left of this frame */
+	bool		 frag;		/* inside a fragmented message */
 };
 
 struct ws {
@@ -425,6 +426,15 @@ hdr_payload(const unsigned char *h)
 	return len;
 }
 
+/* A data frame's header (not a control frame's) says whether its message
+ * goes on in another frame. */
+static void
+trk_header(struct tracker *t, unsigned char b0)
+{
+	if ((b0 & 0x0f) < 8)
+		t->frag = (b0 & 0x80) == 0;
+}
+
 /* t moves over n bytes of the stream. */
 static void
 trk_advance(struct tracker *t, const unsigned char *p, size_t n)
@@ -442,6 +452,7 @@ trk_advance(struct tracker *t, const unsigned char *p, size_t n)
 			/* a whole header here */
 			size_t hl = hdr_len(p[1]);
 
+			trk_header(t, p[0]);
 			t->rem = hdr_payload(p);
 			p += hl;
 			n -= hl;
@@ -453,6 +464,7 @@ trk_advance(struct tracker *t, const unsigned char *p, size_t n)
 		if (t->hlen == 2)
 			t->hneed = hdr_len(t->hdr[1]);
 		if (t->hlen >= 2 && t->hlen == t->hneed) {
+			trk_header(t, t->hdr[0]);
 			t->rem = hdr_payload(t->hdr);
 			t->hlen = 0;
 		}
@@ -1124,6 +1136,74 @@ ws_tick(struct session *c, uint64_t now)
 	return KILL_NONE;
 }
 
+/*
+ * Handover.  A session moves only between messages: no frame half read,
+ * no fragmented message under way, nothing of wslay's unsent, no close
+ * begun; until then it is tried again a little later (and a session that
+ * never gets there drains with the old worker, closed with 1001 at the
+ * end).  wslay keeps nothing else between messages, so the state is the
+ * ping clock and a reply line not yet complete; the new worker starts a
+ * wslay context of its own.
+ */
+static int
+ws_save(struct session *c, char *buf, size_t len)
+{
+	struct ws *st = c->cstate;
+	size_t need;
+
+	if (st == NULL || st->phase != PH_WS || st->done || st->stop ||
+	    st->reply_close != WS_NO_CLOSE || st->carry_len > 0 ||
+	    st->trk.hlen > 0 || st->trk.rem > 0 || st->trk.frag)
+		return -1;
+	if (wslay_event_want_write(st->ctx))
+		flush_wslay(c, st, false);	/* a pong goes out first */
+	pthread_mutex_lock(&c->out_lock);
+	need = 16 + st->pend_len;
+	if (st->closed || st->http_only || st->bin_active || st->ctl_len > 0 ||
+	    wslay_event_want_write(st->ctx) || need > len) {
+		pthread_mutex_unlock(&c->out_lock);
+		return -1;
+	}
+	memcpy(buf, &st->last_rx_ms, 8);
+	memcpy(buf + 8, &st->ping_sent_ms, 8);
+	if (st->pend_len > 0)
+		memcpy(buf + 16, st->pend, st->pend_len);
+	pthread_mutex_unlock(&c->out_lock);
+	return (int)need;
+}
+
+static int
+ws_restore(struct session *c, const char *buf, size_t len)
+{
+	struct ws *st;
+
+	if (len < 16 || len - 16 > max_output(c) || (st = calloc(1, sizeof(*st))) == NULL)
+		return -1;
+	st->c = c;
+	st->reply_close = WS_NO_CLOSE;
+	st->phase = PH_WS;
+	memcpy(&st->last_rx_ms, buf, 8);
+	memcpy(&st->ping_sent_ms, buf + 8, 8);
+	if (wslay_event_context_server_init(&st->ctx, &ws_callbacks, st) != 0 ||
+	    (st->req = malloc((size_t)c->w->cfg->max_line + 1)) == NULL ||
+	    (len > 16 && !grow(&st->pend, &st->pend_cap, len - 16, max_output(c)))) {
+		if (st->ctx != NULL)
+			wslay_event_context_free(st->ctx);
+		free(st->req);
+		free(st);
+		return -1;
+	}
+	wslay_event_config_set_max_recv_msg_length(st->ctx, (uint64_t)c->w->cfg->max_line);
+	if (len > 16)
+		memcpy(st->pend, buf + 16, len - 16);
+	st->pend_len = len - 16;
+	pthread_mutex_lock(&c->out_lock);
+	c->cstate = st;
+	pthread_mutex_unlock(&c->out_lock);
+	schedule(c, st);
+	return 0;
+}
+
 static void
 ws_close(struct session *c)
 {
@@ -1151,5 +1231,7 @@ const struct codec codec_websocket = {
 	.output = ws_output,
 	.goodbye = ws_goodbye,
 	.tick = ws_tick,
+	.save = ws_save,
+	.restore = ws_restore,
 	.close = ws_close,
 };

@@ -912,10 +912,15 @@ conn_save(struct session *c, struct hobuf *b)
 	char part[HO_PART_MAX], spart[HO_PART_MAX];
 	int n, sn;
 
-	/* the service first: from here on what others send it waits aside,
-	 * so the output queue below is all it had */
+	/*
+	 * The service first: from here on what others send it waits aside.
+	 * Then the codec, which may still queue a frame of its own (a pong).
+	 * So the output queue below is all the session had.
+	 */
 	sn = c->svc->save != NULL ? c->svc->save(c, spart, sizeof(spart)) : 0;
 	if (sn < 0)
+		return -1;
+	if ((n = c->codec->save(c, part, sizeof(part))) < 0)
 		return -1;
 	hob_u32(b, (uint32_t)(c->l - c->w->cfg->listeners));
 	hob_u32(b, (uint32_t)c->l->protocol);
@@ -934,10 +939,7 @@ conn_save(struct session *c, struct hobuf *b)
 	pthread_mutex_lock(&c->out_lock);
 	hob_bytes(b, c->out + c->out_off, c->out_len - c->out_off);
 	pthread_mutex_unlock(&c->out_lock);
-	if ((n = c->codec->save(c, part, sizeof(part))) < 0)
-		b->err = true;
-	else
-		hob_bytes(b, part, (size_t)n);
+	hob_bytes(b, part, (size_t)n);
 	hob_bytes(b, spart, (size_t)sn);
 	return b->err ? -1 : 0;
 }

@@ -363,8 +363,9 @@ offer(struct worker *w, struct session *c)
 	h.id = ((uint64_t)w->slot << 48) | ++H.seq;
 	h.from = w->slot;
 	if (conn_save(c, &b) != 0) {
+		/* mid-message, say: another round will take it */
+		errno = b.err ? ENOMEM : EBUSY;
 		free(b.p);
-		errno = ENOMEM;
 		return -1;
 	}
 	rc = send_state(H.fd, &h, c->fd, b.p, b.len);
@@ -401,7 +402,7 @@ pump(struct worker *w)
 			if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
 				H.paused = true;	/* answers make room */
 				H.cursor--;
-			} else {
+			} else if (errno != EBUSY) {
 				log_warn("%s: cannot offer the session", c->peer);
 			}
 			stays(c);

@@ -10,9 +10,22 @@ import socket
 import threading
 import time
 
+import pytest
+
 from conftest import Client, alive, wait_until
 
-ECHO, CHUNK, CHAT, CHAT_CHUNK, STATS = range(5)
+try:
+    import websocket as wsclient
+except ImportError:  # pragma: no cover - the tests say so loudly
+    wsclient = None
+
+ECHO, CHUNK, CHAT, CHAT_CHUNK, STATS, WS_ECHO, WS_CHAT = range(7)
+
+
+def need_ws():
+    if wsclient is None:
+        pytest.skip("python3-websocket is not installed: the WebSocket sessions "
+                    "need a real client")
 
 
 def handover_daemon(forkd_factory, tmp_path, **settings):
@@ -23,7 +36,8 @@ def handover_daemon(forkd_factory, tmp_path, **settings):
     return forkd_factory(
         [{"service": "echo"}, {"service": "echo", "protocol": "chunk"},
          {"service": "chat"}, {"service": "chat", "protocol": "chunk"},
-         {"service": "stats"}],
+         {"service": "stats"}, {"service": "echo", "protocol": "websocket"},
+         {"service": "chat", "protocol": "websocket"}],
         control_socket=str(tmp_path / "ctl.sock"), **settings)
 
 
@@ -135,6 +149,20 @@ class Load:
             got += 1
         c.close()
 
+    def echo_ws(self, name):
+        """WebSocket: one text message a request, one a reply."""
+        ws = wsclient.create_connection(f"ws://127.0.0.1:{port(self.d, WS_ECHO)}/",
+                                        timeout=10)
+        n = 0
+        while not self.stop.is_set():
+            ws.send(f"{name} {n}")
+            got = ws.recv()
+            if got != f"Echo: {name} {n}":
+                raise AssertionError(f"{name}: wanted answer {n}, got {got!r}")
+            n += 1
+            self.count("websocket")
+        ws.close()
+
     def echo_chunk(self, name):
         c = Client(port(self.d, CHUNK), timeout=10)
         n = 0
@@ -159,7 +187,8 @@ def join_chat(p, nick, room):
 
 
 def test_hundred_reloads_under_load(forkd_factory, tmp_path, capsys):
-    limit = 8
+    need_ws()
+    limit = 10
     d = handover_daemon(forkd_factory, tmp_path, max_connections_per_ip=limit)
     fds0 = fd_counts(d)
     load = Load(d)
@@ -167,6 +196,15 @@ def test_hundred_reloads_under_load(forkd_factory, tmp_path, capsys):
     talk = join_chat(port(d, CHAT), "talker", "r1")
     hear = join_chat(port(d, CHAT_CHUNK), "hearer", "r1")
     assert talk.line() == "* hearer joined r1"
+    wsh = wsclient.create_connection(f"ws://127.0.0.1:{port(d, WS_CHAT)}/", timeout=10)
+    while not wsh.recv().startswith("* commands:"):
+        pass
+    wsh.send("/nick wshearer")
+    assert wsh.recv() == "* you are now wshearer"
+    wsh.send("/join r1")
+    assert wsh.recv() == "* you joined r1"
+    assert talk.line() == "* wshearer joined r1"
+    assert hear.line() == "* wshearer joined r1"
     # a slow reader: output is queued in the server at the moment of handover
     slow = socket.socket()
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -175,7 +213,18 @@ def test_hundred_reloads_under_load(forkd_factory, tmp_path, capsys):
     for name in ("p1", "p2"):
         load.run(load.echo_pipelined, name)
     load.run(load.echo_chunk, "k1")
+    load.run(load.echo_ws, "w1")
     heard = []
+    ws_heard = []
+
+    def ws_listen():
+        wsh.settimeout(0.5)
+        while not load.stop.is_set():
+            try:
+                ws_heard.append(wsh.recv())
+            except wsclient.WebSocketTimeoutException:
+                continue
+    load.run(ws_listen)
 
     def listen():
         while not load.stop.is_set():
@@ -195,7 +244,7 @@ def test_hundred_reloads_under_load(forkd_factory, tmp_path, capsys):
             said[0] += 1
             time.sleep(0.002)
     load.run(chatter)
-    # 7 connections from 127.0.0.1 with `part` below; the limit is 8
+    # 9 connections from 127.0.0.1 with `part` below; the limit is 10
 
     reloads = 100
     split = reloads // 2
@@ -238,26 +287,34 @@ def test_hundred_reloads_under_load(forkd_factory, tmp_path, capsys):
         l = hear.line(timeout=5)
         assert l is not None, "chat member got EOF"
         heard.append(l)
+    wsh.settimeout(5)
+    while len(ws_heard) < said[0]:
+        ws_heard.append(wsh.recv())
+    assert ws_heard == [f"[talker] m {k}" for k in range(said[0])], \
+        "the WebSocket member lost, repeated or reordered chat lines"
     lines = [l for l in heard if not l.startswith("[talker] m ")]
     assert lines == [], lines
     got = [int(l.rsplit(" ", 1)[1]) for l in heard]
     assert got == list(range(said[0])), "chat lines lost, repeated or out of order"
     talk.send("/who\n")
-    assert re.fullmatch(r"\* r1 \(2\): (hearer, talker|talker, hearer)", talk.line())
+    who = re.compile(r"\* r1 \(3\): (hearer|talker|wshearer), (hearer|talker|wshearer), "
+                     r"(hearer|talker|wshearer)")
+    assert who.fullmatch(talk.line())
     hear.send("/who\n")
     who = hear.line(timeout=5)
     while who.startswith("[talker]"):
         who = hear.line(timeout=5)
-    assert re.fullmatch(r"\* r1 \(2\): (hearer, talker|talker, hearer)", who), who
+    assert re.compile(r"\* r1 \(3\): .*").fullmatch(who), who
 
     s = stats(d)
     assert int(s["sessions_handed_over"]) >= reloads * 4
     assert s["handovers_failed"] == "0"
-    # talk, hear, slow, part and the stats connection itself
-    assert int(s["curr_connections"]) == 5, s["curr_connections"]
+    # talk, hear, wsh, slow, part and the stats connection itself
+    assert int(s["curr_connections"]) == 6, s["curr_connections"]
 
-    # per-address counts moved, not doubled or lost: 4 open, 4 more fit, not 5
-    extra = [Client(port(d, ECHO)) for _ in range(limit - 4)]
+    # per-address counts moved, not doubled or lost: 5 open, 5 more fit, not 6
+    wait_until(lambda: tcp_fds(d) == 5, 5, "the closed connections to be gone")
+    extra = [Client(port(d, ECHO)) for _ in range(limit - 5)]
     for c in extra:
         assert c.ask("more") == "Echo: more"
     over = Client(port(d, ECHO))
@@ -276,6 +333,7 @@ def test_hundred_reloads_under_load(forkd_factory, tmp_path, capsys):
     for c in extra + [part, talk, hear]:
         c.close()
     slow.close()
+    wsh.close()
 
 
 def test_new_generation_killed_mid_handover(forkd_factory, tmp_path):
@@ -459,3 +517,41 @@ def test_upgrade_to_a_rebuilt_binary_under_load(forkd_factory, tmp_path, monkeyp
         wait_until(lambda: not alive(new_master), 15, "the new master to stop")
         for c in (talk, hear, part):
             c.close()
+
+
+def test_websocket_moves_between_messages(forkd_factory, tmp_path):
+    """A WebSocket session moves at a message boundary: one with half a
+    message waits for the rest; one that never sends it drains (1001)."""
+    need_ws()
+    import struct
+    d = handover_daemon(forkd_factory, tmp_path, shutdown_timeout=2, log_level="debug")
+    url = f"ws://127.0.0.1:{port(d, WS_ECHO)}/"
+    ws = wsclient.create_connection(url, timeout=10)
+    stuck = wsclient.create_connection(url, timeout=10)
+    for c in (ws, stuck):
+        c.send("a")
+        assert c.recv() == "Echo: a"
+    first = wsclient.ABNF.create_frame("spl", wsclient.ABNF.OPCODE_TEXT, fin=0)
+    ws.send_frame(first)
+    stuck.send_frame(wsclient.ABNF.create_frame("never", wsclient.ABNF.OPCODE_TEXT, fin=0))
+    old = d.workers()
+    d.signal(signal.SIGHUP)
+    wait_until(lambda: d.log().count("handing over") >= 2, 10, "the handover to begin")
+    # half a message: it stays where it is, and the reload waits for it
+    assert any(alive(w) for w in old)
+    ws.send_frame(wsclient.ABNF.create_frame("it", wsclient.ABNF.OPCODE_CONT, fin=1))
+    assert ws.recv() == "Echo: split"
+    ws.send("after")
+    assert ws.recv() == "Echo: after"
+    wait_until(lambda: "adopted (echo, websocket)" in d.log(), 5, "the session to move")
+    # the one that never finished its message drains: closed with 1001
+    stuck.settimeout(10)
+    op, data = stuck.recv_data(control_frame=True)
+    assert op == wsclient.ABNF.OPCODE_CLOSE
+    assert struct.unpack(">H", data[:2])[0] == 1001
+    assert data[2:] == b"server reloaded: please reconnect"
+    wait_until(lambda: reload_done(d, 1), 10, "the reload to finish")
+    ws.send("later")
+    assert ws.recv() == "Echo: later"
+    assert stats(d)["sessions_handed_over"] == "1"
+    ws.close()
