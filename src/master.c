@@ -991,7 +991,9 @@ handover_done(void)
 		log_warnx("%llu handover%s failed: those sessions stayed with their old "
 		    "worker and were offered again", (unsigned long long)failed,
 		    PLURAL(failed));
-	update_status(true);
+	/* the counts now; before the reload has settled its own line goes first */
+	if (M.old_accepting_until == 0)
+		update_status(true);
 }
 
 static void
