@@ -37,7 +37,8 @@ static const char conf_text[] =
     "listeners = (\n"
     "  { address = \"127.0.0.1\"; port = 5002; service = \"echo\"; },\n"
     "  { address = \"127.0.0.1\"; port = 5003; service = \"echo\"; protocol = \"chunk\"; },\n"
-    "  { address = \"127.0.0.1\"; port = 7000; service = \"chat\"; }\n"
+    "  { address = \"127.0.0.1\"; port = 7000; service = \"chat\"; },\n"
+    "  { address = \"127.0.0.1\"; port = 7001; service = \"echo\"; protocol = \"websocket\"; }\n"
     ");\n";
 
 static struct worker W;
