@@ -545,7 +545,7 @@ chat_restore(struct session *s, const char *buf, size_t len, uint64_t *mark)
 	return 0;
 }
 
-#define CATCH_UP_MS	200	/* longest the old worker waits for its ring */
+#define CATCH_UP_MS	50	/* longest the old worker waits for its ring */
 
 static void
 chat_handed(struct session *s, bool moved, uint64_t mark, char **tail, size_t *tlen)
