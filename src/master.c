@@ -751,6 +751,9 @@ exec_upgrade(int link, int *keep)
 	setenv("LISTEN_FDS", env, 1);
 	snprintf(env, sizeof(env), "%ld", (long)getpid());
 	setenv("LISTEN_PID", env, 1);
+	/* systemd's watchdog is the new master's to feed once it is main */
+	if (getenv("WATCHDOG_USEC") != NULL)
+		setenv("WATCHDOG_PID", env, 1);
 	unsetenv("LISTEN_FDNAMES");
 	snprintf(env, sizeof(env), "%d %d", SD_LISTEN_FDS_START + n,
 	    M.ctlfd >= 0 ? SD_LISTEN_FDS_START + n + 1 : -1);
