@@ -455,6 +455,7 @@ def test_upgrade_to_a_rebuilt_binary_under_load(forkd_factory, tmp_path, monkeyp
     import subprocess
 
     import conftest
+    need_ws()
     bindir = tmp_path / "bin"
     bindir.mkdir()
     binary = bindir / "forkd"
@@ -469,6 +470,7 @@ def test_upgrade_to_a_rebuilt_binary_under_load(forkd_factory, tmp_path, monkeyp
     assert talk.line() == "* hearer joined r2"
     load.run(load.echo_pipelined, "u1")
     load.run(load.echo_chunk, "u2")
+    load.run(load.echo_ws, "u3")
     part = Client(port(d, ECHO))
     wait_until(lambda: load.counts.get("echo", 0) > 200, 10, "load before the upgrade")
     part.send("spl")
@@ -490,7 +492,7 @@ def test_upgrade_to_a_rebuilt_binary_under_load(forkd_factory, tmp_path, monkeyp
     try:
         assert new_master != old_master and alive(new_master)
         assert os.readlink(f"/proc/{new_master}/exe") == str(binary)
-        assert int(m.group(2)) >= 5
+        assert int(m.group(2)) >= 6
         assert d.proc.wait(timeout=10) == 0
         d.notify.wait_for(f"MAINPID={new_master}")
         part.send("it\n")
