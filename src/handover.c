@@ -452,10 +452,29 @@ ho_worker_abort(struct worker *w)
 	}
 }
 
+/* Tell the new worker what we still owed the session it adopted. */
+static void
+send_tail(struct worker *w, uint64_t id, const char *tail, size_t tlen)
+{
+	struct ho_hdr t;
+
+	memset(&t, 0, sizeof(t));
+	t.magic = HO_MAGIC;
+	t.version = HO_VERSION;
+	t.type = HO_TAIL;
+	t.id = id;
+	t.from = w->slot;
+	if (send_state_wait(H.fd, &t, tail, tlen) != 0)
+		log_warn("cannot send a session's last lines on");
+}
+
 /* The master's answer about one of ours. */
 static void
 settle(struct worker *w, const struct ho_hdr *h)
 {
+	struct session *c;
+	char *tail;
+	size_t tlen;
 	int i;
 
 	for (i = 0; i < H.nfly; i++)
@@ -463,40 +482,24 @@ settle(struct worker *w, const struct ho_hdr *h)
 			break;
 	if (i == H.nfly)
 		return;
-	{
-		struct session *c = H.fly[i].c;
-
-		H.fly[i] = H.fly[--H.nfly];
-		H.paused = false;
-		if (h->type == HO_ACK) {
-			char *tail;
-			size_t tlen;
-
-			atomic_fetch_add(&scoreboard->handed_over, 1);
-			conn_handed(c, true, h->mark, &tail, &tlen);
-			if (h->mark != 0) {
-				struct ho_hdr t;
-
-				memset(&t, 0, sizeof(t));
-				t.magic = HO_MAGIC;
-				t.version = HO_VERSION;
-				t.type = HO_TAIL;
-				t.id = h->id;
-				t.from = w->slot;
-				if (send_state_wait(H.fd, &t, tail, tlen) != 0)
-					log_warn("cannot send a session's last lines on");
-			}
-			free(tail);
-			return;
-		}
-		atomic_fetch_add(&scoreboard->handover_failed, 1);
-		if (h->reason == HO_REFUSED) {
-			log_info("%s: the new workers cannot take this session: it stays "
-			    "until it ends or shutdown_timeout passes", c->peer);
-			c->ho_stay = true;
-		}
-		stays(c);
+	c = H.fly[i].c;
+	H.fly[i] = H.fly[--H.nfly];
+	H.paused = false;
+	if (h->type == HO_ACK) {
+		atomic_fetch_add(&scoreboard->handed_over, 1);
+		conn_handed(c, true, h->mark, &tail, &tlen);
+		if (h->mark != 0)
+			send_tail(w, h->id, tail, tlen);
+		free(tail);
+		return;
 	}
+	atomic_fetch_add(&scoreboard->handover_failed, 1);
+	if (h->reason == HO_REFUSED) {
+		log_info("%s: the new workers cannot take this session: it stays "
+		    "until it ends or shutdown_timeout passes", c->peer);
+		c->ho_stay = true;
+	}
+	stays(c);
 }
 
 /* The old worker's last words for a session parked here. */
@@ -856,14 +859,13 @@ relay_tail(int slot, struct ho_hdr *h, const char *state, size_t len, int fds[2]
 }
 
 int
-ho_master_event(int slot, int fd, int (*pick)(int))
+ho_master_event(int slot, int (*pick)(int))
 {
 	static char buf[HO_RECORD_MAX];
 	struct ho_hdr h;
 	size_t len;
 	int fds[2], r;
 
-	(void)fd;
 	if (mfd[slot] < 0)
 		return -1;
 	while ((r = recv_record(mfd[slot], &h, buf, sizeof(buf), &len, fds)) > 0) {
@@ -885,14 +887,14 @@ ho_master_event(int slot, int fd, int (*pick)(int))
 }
 
 void
-ho_master_gone(int slot, int fd, int (*pick)(int))
+ho_master_gone(int slot, int (*pick)(int))
 {
 	struct flight **pp, *f;
 
 	if (mfd[slot] < 0)
 		return;
 	/* answers it sent before it died still count */
-	ho_master_event(slot, fd, pick);
+	ho_master_event(slot, pick);
 	for (pp = &flights; (f = *pp) != NULL;) {
 		if (f->from == slot && f->to != slot && !f->acked) {
 			/* the new worker's answer settles it */

@@ -97,9 +97,8 @@ void	ho_worker_tick(struct worker *);
 void	ho_worker_abort(struct worker *);
 
 /* master side */
-/* the master's end of slot's pair was readable; -1 when its peer is gone
- * (*ready set when the new master of an upgrade says it serves) */
-int	ho_master_event(int slot, int fd, int (*pick)(int from));
+/* the master's end of slot's pair was readable; -1 when its peer is gone */
+int	ho_master_event(int slot, int (*pick)(int from));
 /* retire a worker, its sessions handed over; -1 when it cannot be told */
 int	ho_master_retire(int slot);
 /* upgrade: the link to the other master (HO_LINK); -1 clears it */
@@ -109,7 +108,7 @@ int	ho_master_ready(void);
 /* upgrade: the version the new master said it reads (0: not yet) */
 unsigned ho_master_link_version(void);
 /* a worker is gone: settle what was offered to it or by it */
-void	ho_master_gone(int slot, int fd, int (*pick)(int from));
+void	ho_master_gone(int slot, int (*pick)(int from));
 int	ho_master_fd(int slot);
 /* a new worker's pair: its end is returned, the master keeps the other */
 int	ho_master_pair(int slot, int *theirs);

@@ -854,7 +854,7 @@ upgrade_lost(const char *why)
 {
 	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = TAG_CTL };
 
-	ho_master_gone(HO_LINK, -1, pick_target);
+	ho_master_gone(HO_LINK, pick_target);
 	log_err("upgrade failed: %s%s", why, M.up.handing ? "; the sessions it did not "
 	    "take stay here, with new workers of this forkd" : "");
 	if (M.up.handing) {
@@ -875,7 +875,7 @@ upgrade_lost(const char *why)
 static void
 on_link(void)
 {
-	int r = ho_master_event(HO_LINK, -1, pick_target);
+	int r = ho_master_event(HO_LINK, pick_target);
 
 	if (M.up.active && !M.up.handing && ho_master_link_version() != 0)
 		upgrade_ready();
@@ -883,7 +883,7 @@ on_link(void)
 		upgrade_lost("the new forkd exited before it took every session");
 	else if (r < 0) {
 		/* the old master is gone: we are the service's main process */
-		ho_master_gone(HO_LINK, -1, pick_target);
+		ho_master_gone(HO_LINK, pick_target);
 		if (M.up.quiet) {
 			M.up.quiet = false;
 			log_info("upgrade: the old master is gone");
@@ -1033,7 +1033,7 @@ reap(void)
 		w = M.wk[slot];
 		memset(&M.wk[slot], 0, sizeof(M.wk[slot]));
 		/* what it answered before it died counts; the rest comes back */
-		ho_master_gone(slot, -1, pick_target);
+		ho_master_gone(slot, pick_target);
 		scoreboard_retire(slot);
 		if (M.ho_reload && w.gen != M.cur.id)
 			handover_done();
@@ -1614,7 +1614,7 @@ master_run(struct fk_config *cfg)
 				if ((int)(tag >> 8) == HO_LINK)
 					on_link();
 				else
-					ho_master_event((int)(tag >> 8), -1, pick_target);
+					ho_master_event((int)(tag >> 8), pick_target);
 				break;
 			}
 		}
