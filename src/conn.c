@@ -881,8 +881,7 @@ movable(const struct session *c)
 {
 	return atomic_load(&c->open) && !atomic_load(&c->held) && !c->closing &&
 	    !c->eof && !c->goodbye_said && c->begun && !c->ho_stay &&
-	    atomic_load(&c->kill) == KILL_NONE && !c->out_full &&
-	    c->codec->save != NULL &&
+	    atomic_load(&c->kill) == KILL_NONE && c->codec->save != NULL &&
 	    (c->svc->save != NULL || c->svc->session_size == 0);
 }
 
@@ -935,8 +934,13 @@ conn_save(struct session *c, struct hobuf *b)
 	hob_u32(b, c->in.discarding);
 	hob_bytes(b, c->in.buf, c->in.len);
 	hob_bytes(b, c->heldbuf, c->heldlen);
-	/* what was queued for it and not yet sent */
+	/* what was queued for it and not yet sent (too much: it goes as too
+	 * slow, here) */
 	pthread_mutex_lock(&c->out_lock);
+	if (c->out_full) {
+		pthread_mutex_unlock(&c->out_lock);
+		return -1;
+	}
 	hob_bytes(b, c->out + c->out_off, c->out_len - c->out_off);
 	pthread_mutex_unlock(&c->out_lock);
 	hob_bytes(b, part, (size_t)n);
