@@ -177,6 +177,12 @@ session_peer(struct session *c)
 	return c->peer;
 }
 
+const char *
+session_resource(struct session *c)
+{
+	return c->resource;
+}
+
 /* Write what is queued: 0 done or would block, -1 the socket is dead. */
 static int
 flush(struct session *c)
@@ -261,6 +267,8 @@ conn_close(struct session *c, enum conn_kill why)
 	framer_reset(&c->in);
 	free(c->data);
 	c->data = NULL;
+	free(c->resource);
+	c->resource = NULL;
 	close(c->fd);
 	c->fd = -1;
 	if (c->ip_counted)

@@ -63,6 +63,7 @@ struct session {
 	_Atomic uint64_t	 last_line_ms;
 	_Atomic uint64_t	 stalled_ms;	/* output waiting since; 0 = none */
 	char			 peer[56];
+	char			*resource;	/* session_resource(); the codec's, freed at close */
 };
 
 /* acceptor: a new client on fd from listener index li, already counted in
