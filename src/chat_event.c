@@ -6,6 +6,7 @@
  * hold no NUL (they are checked names), the text may hold anything; the
  * channel layer carries the length.
  */
+#include <ctype.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -235,6 +236,19 @@ chat_event_json(const struct chat_event *ev, const char *room, size_t *len)
 		return NULL;
 	}
 	return dump_line(o, len);
+}
+
+bool
+chat_valid_name(const char *s, size_t len)
+{
+	size_t i;
+
+	if (len == 0 || len > CHAT_NAME_MAX)
+		return false;
+	for (i = 0; i < len; i++)
+		if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '-' && s[i] != '.')
+			return false;
+	return true;
 }
 
 /* ---- requests in JSON ---- */

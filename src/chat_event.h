@@ -76,6 +76,11 @@ enum chat_input {
 };
 enum chat_input	 chat_json_input(const char *req, size_t len, char **out, size_t *outlen);
 
+/* Longest nick or room name. */
+#define CHAT_NAME_MAX	32
+/* A nick or room name: 1-CHAT_NAME_MAX letters, digits, '_', '-' or '.' */
+bool		 chat_valid_name(const char *, size_t);
+
 /*
  * Copy n bytes of src to dst (room for n bytes) with every byte that is
  * not part of a well-formed UTF-8 sequence replaced by '?', so any text can

@@ -29,7 +29,7 @@
 #include "log.h"
 #include "service.h"
 
-#define NAME_MAX_LEN	32
+#define NAME_MAX_LEN	CHAT_NAME_MAX
 #define LIST_MAX	65536	/* bytes of a /who or /rooms reply */
 #define MESSAGE_MAX	60000	/* bytes of one chat line */
 #define ROOM_BUCKETS	256
@@ -304,14 +304,7 @@ say_you(struct session *s, const struct member *m, const char *fmt, ...)
 static bool
 valid_name(const char *s, size_t len)
 {
-	size_t i;
-
-	if (len == 0 || len > NAME_MAX_LEN)
-		return false;
-	for (i = 0; i < len; i++)
-		if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '-' && s[i] != '.')
-			return false;
-	return true;
+	return chat_valid_name(s, len);
 }
 
 static const char *

@@ -195,9 +195,23 @@ test_utf8(void)
 	}
 }
 
+static void
+test_names(void)
+{
+	CHECK(chat_valid_name("websock1", 8), "a room");
+	CHECK(chat_valid_name("a.b-c_D9", 8), "every allowed kind");
+	CHECK(!chat_valid_name("", 0), "empty");
+	CHECK(!chat_valid_name("a b", 3), "a blank");
+	CHECK(!chat_valid_name("a/b", 3), "a slash");
+	CHECK(!chat_valid_name("<img>", 5), "markup");
+	CHECK(chat_valid_name("abcdefghijklmnopqrstuvwxyz012345", 32), "32 bytes");
+	CHECK(!chat_valid_name("abcdefghijklmnopqrstuvwxyz0123456", 33), "33 bytes");
+}
+
 int
 main(void)
 {
+	test_names();
 	test_render();
 	test_codec_edges();
 	test_input();
