@@ -57,10 +57,11 @@ struct codec {
 	 */
 	void		(*goodbye)(struct session *, enum conn_kill why);
 	/*
-	 * About once a second from the worker's sweep, on the owner's side of
-	 * the session (conn.c kicks it): deadlines of the codec's own (a
-	 * request head that never completes, an unanswered ping).  Returns a
-	 * kill reason, or KILL_NONE.  NULL: none.
+	 * Deadlines of the codec's own (a request head that never completes,
+	 * an unanswered ping), run by the owner of the session: the codec
+	 * stores when it wants this call in c->tick_ms; the worker's sweep (a
+	 * few times a second) kicks the session once that time has come.
+	 * Returns a kill reason, or KILL_NONE.  NULL: none.
 	 */
 	enum conn_kill	(*tick)(struct session *, uint64_t now_ms);
 	/* The session is gone: free c->cstate.  NULL: free() it. */
@@ -69,6 +70,7 @@ struct codec {
 
 extern const struct codec codec_line, codec_chunk, codec_websocket, codec_http;
 extern const char *const protocol_names[];	/* by enum fk_protocol, NULL-terminated */
+/* The codec of a protocol; NULL when this build has none for it. */
 const struct codec *codec_for(int protocol);
 
 /*
@@ -86,5 +88,18 @@ bool	conn_write(struct session *, const void *buf, size_t n);
 bool	conn_write_locked(struct session *, const void *buf, size_t n);
 /* End the session once what is queued is flushed (no goodbye is added). */
 void	conn_finish(struct session *);
+/*
+ * The session proper begins: the listener's banner and the service's open
+ * (greeting, chat room) run now.  The line codecs call it from open; the
+ * websocket codec once its handshake is answered.  A session that never
+ * begins (an HTTP request, a refused handshake) never reaches the service
+ * except through its http callback.
+ */
+void	conn_begin(struct session *);
+/*
+ * The client showed it is alive without sending a request (a pong): the
+ * idle timeout starts again.
+ */
+void	conn_alive(struct session *);
 
 #endif

@@ -21,6 +21,7 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include "codec.h"
 #include "config.h"
 #include "service.h"
 #include "util.h"
@@ -60,8 +61,16 @@ const struct setting config_listener_settings[] = {
 	{ "service",	SET_STRING, LOFF(service_name), 0, 32, 0, NULL, NULL },
 	{ "idle_timeout", SET_INT, LOFF(idle_timeout), 1, 86400, 0, NULL, NULL },
 	{ "banner",	SET_STRING, LOFF(banner), 0, 512, 0, NULL, NULL },
+	{ "protocol",	SET_ENUM, LOFF(protocol), 0, 0, PROTO_LINE, NULL, protocol_names },
+	{ "ping_interval", SET_INT, LOFF(ping_interval), 0, 86400, 30, NULL, NULL },
+	{ "max_header",	SET_INT, LOFF(max_header), 256, 1048576, 8192, NULL, NULL },
+	{ "header_timeout", SET_INT, LOFF(header_timeout), 1, 3600, 10, NULL, NULL },
 	{ NULL, 0, 0, 0, 0, 0, NULL, NULL }
 };
+
+/* listener keys that are not in the table: parsed on their own */
+#define MAX_ORIGINS		64
+#define MAX_ORIGIN_LEN		256
 
 struct ctx {
 	const char		*name;	/* the file, as the user named it */
@@ -321,22 +330,66 @@ unknown_setting(struct ctx *ctx, const config_setting_t *cs, const char *where,
 }
 
 /* Parse a group against a table: unknown names reported, missing ones defaulted. */
+static bool
+name_in(const char *name, const char *const *list)
+{
+	for (; list != NULL && *list != NULL; list++)
+		if (strcmp(name, *list) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * Parse a group against a table: unknown names reported (but those in
+ * skip, which the caller parses), missing ones defaulted unless the base
+ * already holds values (overlay).
+ */
+static void
+parse_group_over(struct ctx *ctx, const config_setting_t *grp, const char *where,
+    const struct setting *table, void *base, const char *const *skip, bool overlay)
+{
+	int i, n = config_setting_length(grp);
+
+	if (!overlay)
+		apply_defaults(table, base);
+	for (i = 0; i < n; i++) {
+		const config_setting_t *cs = config_setting_get_elem(grp, (unsigned)i);
+		const char *name = config_setting_name(cs);
+		const struct setting *s = find_setting(table, name);
+
+		if (s != NULL)
+			parse_setting(ctx, s, cs, base);
+		else if (!name_in(name, skip))
+			unknown_setting(ctx, cs, where, table, skip);
+	}
+}
+
 static void
 parse_group(struct ctx *ctx, const config_setting_t *grp, const char *where,
     const struct setting *table, void *base)
 {
-	int i, n = config_setting_length(grp);
+	parse_group_over(ctx, grp, where, table, base, NULL, false);
+}
 
-	apply_defaults(table, base);
-	for (i = 0; i < n; i++) {
-		const config_setting_t *cs = config_setting_get_elem(grp, (unsigned)i);
-		const struct setting *s = find_setting(table, config_setting_name(cs));
+/* A copy of a settings struct: strings are duplicated. */
+static void *
+copy_settings(const struct setting *table, const void *src, size_t size)
+{
+	const struct setting *s;
+	char *dst = malloc(size);
 
-		if (s == NULL)
-			unknown_setting(ctx, cs, where, table, NULL);
-		else
-			parse_setting(ctx, s, cs, base);
+	if (dst == NULL)
+		return NULL;
+	memcpy(dst, src, size);
+	for (s = table; s->name != NULL; s++) {
+		if (s->type == SET_STRING) {
+			char **p = (char **)(void *)(dst + s->offset);
+
+			if (*p != NULL)
+				*p = strdup(*p);
+		}
 	}
+	return dst;
 }
 
 static int
@@ -396,6 +449,132 @@ service_names(char *buf, size_t len)
 	}
 }
 
+/* allowed_origins = [ "https://chat.example.org", ... ]; */
+static void
+parse_origins(struct ctx *ctx, const config_setting_t *cs, struct fk_listener *l)
+{
+	int i, n, type = config_setting_type(cs);
+
+	if (type != CONFIG_TYPE_ARRAY && type != CONFIG_TYPE_LIST) {
+		cfg_error(ctx, cs, "'allowed_origins' must be a list of strings like "
+		    "[ \"https://chat.example.org\" ] (got %s)", type_name(type));
+		return;
+	}
+	n = config_setting_length(cs);
+	if (n > MAX_ORIGINS) {
+		cfg_error(ctx, cs, "'allowed_origins' has %d entries (at most %d)", n,
+		    MAX_ORIGINS);
+		return;
+	}
+	if (n == 0) {
+		cfg_error(ctx, cs, "'allowed_origins' is empty: leave it out to allow "
+		    "the listener's own host only");
+		return;
+	}
+	l->allowed_origins = calloc((size_t)n, sizeof(char *));
+	if (l->allowed_origins == NULL)
+		return;
+	for (i = 0; i < n; i++) {
+		const config_setting_t *e = config_setting_get_elem(cs, (unsigned)i);
+		const char *v;
+
+		if (config_setting_type(e) != CONFIG_TYPE_STRING) {
+			cfg_error(ctx, e, "'allowed_origins' entry %d must be a string "
+			    "(got %s)", i + 1, type_name(config_setting_type(e)));
+			continue;
+		}
+		v = config_setting_get_string(e);
+		if (strlen(v) == 0 || strlen(v) > MAX_ORIGIN_LEN ||
+		    strpbrk(v, " \t\r\n,") != NULL) {
+			cfg_error(ctx, e, "'allowed_origins' entry %d is not an origin "
+			    "like \"https://host:port\" or \"*\" (got '%.64s')", i + 1, v);
+			continue;
+		}
+		if ((l->allowed_origins[l->norigins] = strdup(v)) != NULL)
+			l->norigins++;
+	}
+}
+
+/* protocol and the keys that only some protocols take */
+static void
+parse_listener_protocol(struct ctx *ctx, const config_setting_t *ls,
+    struct fk_listener *l, const char *where)
+{
+	const config_setting_t *cs = config_setting_get_member(ls, "protocol");
+	static const char *const ws_only[] = { "allowed_origins", "ping_interval", NULL };
+	static const char *const head_only[] = { "max_header", "header_timeout", NULL };
+	const char *const *k;
+	bool web;
+
+	/* metrics speaks HTTP only: that is its default */
+	if (cs == NULL && l->service != NULL && l->service->line == NULL &&
+	    l->service->http != NULL)
+		l->protocol = PROTO_HTTP;
+	l->codec = codec_for(l->protocol);
+	if (l->codec == NULL) {
+		cfg_error(ctx, cs != NULL ? cs : ls, "%s: protocol '%s' is not built into "
+		    "this forkd", where, protocol_names[l->protocol]);
+		return;
+	}
+	if (l->service != NULL && l->protocol == PROTO_HTTP && l->service->http == NULL)
+		cfg_error(ctx, cs != NULL ? cs : ls, "%s: the %s service does not speak "
+		    "http (use protocol \"line\", \"chunk\" or \"websocket\")", where,
+		    l->service->name);
+	if (l->service != NULL && l->protocol != PROTO_HTTP && l->service->line == NULL)
+		cfg_error(ctx, cs != NULL ? cs : ls, "%s: the %s service speaks http only "
+		    "(protocol = \"http\")", where, l->service->name);
+	web = l->protocol == PROTO_WEBSOCKET || l->protocol == PROTO_HTTP;
+	for (k = ws_only; *k != NULL; k++)
+		if (l->protocol != PROTO_WEBSOCKET &&
+		    (cs = config_setting_get_member(ls, *k)) != NULL)
+			cfg_error(ctx, cs, "%s: '%s' applies to websocket listeners only "
+			    "(this one speaks %s)", where, *k, protocol_names[l->protocol]);
+	for (k = head_only; *k != NULL; k++)
+		if (!web && (cs = config_setting_get_member(ls, *k)) != NULL)
+			cfg_error(ctx, cs, "%s: '%s' applies to websocket and http listeners "
+			    "only (this one speaks %s)", where, *k, protocol_names[l->protocol]);
+	if ((cs = config_setting_get_member(ls, "allowed_origins")) != NULL &&
+	    l->protocol == PROTO_WEBSOCKET)
+		parse_origins(ctx, cs, l);
+}
+
+/* A listener's own settings for its service: { ...; echo = { prefix = ""; }; } */
+static void
+parse_listener_service_conf(struct ctx *ctx, struct fk_config *cfg,
+    const config_setting_t *ls, struct fk_listener *l, const char *where)
+{
+	size_t i;
+
+	for (i = 0; services[i] != NULL; i++) {
+		const struct service *svc = services[i];
+		const config_setting_t *cs;
+
+		if (svc->settings == NULL ||
+		    (cs = config_setting_get_member(ls, svc->name)) == NULL)
+			continue;
+		if (l->service != svc) {
+			cfg_error(ctx, cs, "%s: '%s' settings apply to a %s listener only "
+			    "(this one serves %s)", where, svc->name, svc->name,
+			    l->service != NULL ? l->service->name : "nothing");
+			continue;
+		}
+		if (config_setting_type(cs) != CONFIG_TYPE_GROUP) {
+			cfg_error(ctx, cs, "'%s' must be a group: %s = { ... }; (got %s)",
+			    svc->name, svc->name, type_name(config_setting_type(cs)));
+			continue;
+		}
+		if (cfg->service_conf[i] == NULL)
+			continue;	/* out of memory, said already */
+		l->svc_conf = copy_settings(svc->settings, cfg->service_conf[i],
+		    svc->conf_size);
+		if (l->svc_conf == NULL) {
+			cfg_error(ctx, cs, "out of memory");
+			continue;
+		}
+		parse_group_over(ctx, cs, svc->name, svc->settings, l->svc_conf, NULL, true);
+	}
+}
+
 static void
 parse_listener(struct ctx *ctx, struct fk_config *cfg, const config_setting_t *ls,
     struct fk_listener *l)
@@ -413,7 +592,17 @@ parse_listener(struct ctx *ctx, struct fk_config *cfg, const config_setting_t *l
 		return;
 	}
 	snprintf(where, sizeof(where), "listener %u", config_setting_index(ls) + 1);
-	parse_group(ctx, ls, where, config_listener_settings, l);
+	{
+		const char *skip[FK_MAX_SERVICES + 2];
+		size_t k = 0;
+
+		skip[k++] = "allowed_origins";
+		for (i = 0; services[i] != NULL && k < nitems(skip) - 1; i++)
+			if (services[i]->settings != NULL)
+				skip[k++] = services[i]->name;
+		skip[k] = NULL;
+		parse_group_over(ctx, ls, where, config_listener_settings, l, skip, false);
+	}
 
 	if (config_setting_get_member(ls, "address") == NULL)
 		cfg_error(ctx, ls, "%s: 'address' is required (e.g. \"0.0.0.0\" or \"::\")", where);
@@ -449,6 +638,8 @@ parse_listener(struct ctx *ctx, struct fk_config *cfg, const config_setting_t *l
 	}
 	if (config_setting_get_member(ls, "idle_timeout") == NULL)
 		l->idle_timeout = cfg->idle_timeout;
+	parse_listener_protocol(ctx, ls, l, where);
+	parse_listener_service_conf(ctx, cfg, ls, l, where);
 	if (l->address != NULL && l->port > 0 &&
 	    parse_address(l->address, l->port, &l->addr, &l->addrlen) != 0)
 		cfg_error(ctx, config_setting_get_member(ls, "address"),
@@ -775,8 +966,18 @@ config_free(struct fk_config *cfg)
 
 	if (cfg == NULL)
 		return;
-	for (i = 0; i < cfg->nlisteners; i++)
-		free_strings(config_listener_settings, &cfg->listeners[i]);
+	for (i = 0; i < cfg->nlisteners; i++) {
+		struct fk_listener *l = &cfg->listeners[i];
+		size_t k;
+
+		free_strings(config_listener_settings, l);
+		for (k = 0; k < l->norigins; k++)
+			free(l->allowed_origins[k]);
+		free(l->allowed_origins);
+		if (l->svc_conf != NULL && l->service != NULL)
+			free_strings(l->service->settings, l->svc_conf);
+		free(l->svc_conf);
+	}
 	free(cfg->listeners);
 	for (i = 0; services[i] != NULL && i < FK_MAX_SERVICES; i++) {
 		if (cfg->service_conf[i] != NULL)

@@ -13,6 +13,8 @@
 #define FK_MAX_WORKERS		64	/* configurable workers */
 #define FK_MAX_SLOTS		(2 * FK_MAX_WORKERS)	/* two generations during a reload */
 #define FK_MAX_SERVICES		16
+#define FK_MAX_PROTOCOLS	8	/* room for enum fk_protocol (codec.h) */
+#define FK_MAX_KILLS		12	/* room for enum conn_kill (conn.h) */
 #define FK_MAX_CONFIG_BYTES	(1024 * 1024)
 #define FK_MAX_ERRORS		32
 /*

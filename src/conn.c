@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "codec.h"
 #include "config.h"
 #include "conn.h"
 #include "iplimit.h"
@@ -42,6 +43,7 @@ static const char *const kill_line[] = {
 	[KILL_IDLE] = "ERR idle timeout\r\n",
 	[KILL_SEND_TIMEOUT] = NULL,
 	[KILL_OVERFLOW] = "ERR too slow: output queue full, disconnecting\r\n",
+	[KILL_PROTOCOL] = NULL,
 };
 
 static const char *const kill_name[] = {
@@ -51,6 +53,7 @@ static const char *const kill_name[] = {
 	[KILL_IDLE] = "idle timeout",
 	[KILL_SEND_TIMEOUT] = "send timeout",
 	[KILL_OVERFLOW] = "output queue full",
+	[KILL_PROTOCOL] = "protocol error",
 };
 
 /* ---- output ---- */
@@ -97,7 +100,12 @@ session_send(struct session *c, const void *buf, size_t n)
 	bool ok;
 
 	pthread_mutex_lock(&c->out_lock);
-	ok = !atomic_load_explicit(&c->open, memory_order_relaxed) || out_append(c, buf, n);
+	if (!atomic_load_explicit(&c->open, memory_order_relaxed))
+		ok = true;
+	else if (c->codec->output != NULL)
+		ok = c->codec->output(c, buf, n);
+	else
+		ok = out_append(c, buf, n);
 	pthread_mutex_unlock(&c->out_lock);
 	if (!ok) {
 		int none = KILL_NONE;
@@ -183,6 +191,50 @@ session_resource(struct session *c)
 	return c->resource;
 }
 
+/* ---- for codecs ---- */
+
+bool
+conn_write_locked(struct session *c, const void *buf, size_t n)
+{
+	return out_append(c, buf, n);
+}
+
+bool
+conn_write(struct session *c, const void *buf, size_t n)
+{
+	bool ok;
+
+	pthread_mutex_lock(&c->out_lock);
+	ok = out_append(c, buf, n);
+	pthread_mutex_unlock(&c->out_lock);
+	return ok;
+}
+
+void
+conn_finish(struct session *c)
+{
+	c->closing = true;
+	c->goodbye_said = true;
+}
+
+void
+conn_alive(struct session *c)
+{
+	atomic_store_explicit(&c->last_line_ms, now_ms(), memory_order_relaxed);
+}
+
+void
+conn_begin(struct session *c)
+{
+	if (c->begun)
+		return;
+	c->begun = true;
+	if (c->l->banner != NULL)
+		session_reply(c, "%s", c->l->banner);
+	if (c->svc->open != NULL)
+		c->svc->open(c);
+}
+
 /* Write what is queued: 0 done or would block, -1 the socket is dead. */
 static int
 flush(struct session *c)
@@ -241,8 +293,9 @@ conn_close(struct session *c, enum conn_kill why)
 	struct worker *w = c->w;
 	struct sb_slot *sb = w->sb;
 
-	if (c->svc->close != NULL)
+	if (c->begun && c->svc->close != NULL)
 		c->svc->close(c);
+	c->begun = false;
 	pthread_mutex_lock(&c->out_lock);
 	atomic_store(&c->open, false);
 	free(c->out);
@@ -264,6 +317,13 @@ conn_close(struct session *c, enum conn_kill why)
 			dropped += (size_t)n;
 	}
 	log_debug("%s: closed (%s)", c->peer, kill_name[why]);
+	if (c->codec->close != NULL)
+		c->codec->close(c);
+	else
+		free(c->cstate);
+	c->cstate = NULL;
+	atomic_store(&c->tick_ms, 0);
+	atomic_store(&c->tick_due, false);
 	framer_reset(&c->in);
 	free(c->data);
 	c->data = NULL;
@@ -276,25 +336,39 @@ conn_close(struct session *c, enum conn_kill why)
 	c->ip_counted = false;
 	atomic_fetch_sub_explicit(&sb->conns, 1, memory_order_relaxed);
 	atomic_fetch_sub_explicit(&sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
+	atomic_fetch_sub_explicit(&sb->proto_conns[c->l->protocol], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&sb->closed[why], 1, memory_order_relaxed);
 	atomic_fetch_sub(&w->nconns, 1);
 }
 
-/* The owner acts on a kill request: say why (when a line can say it), close. */
+/* The last words for this reason, once: the codec's, or an ERR line. */
+static void
+say_goodbye(struct session *c, enum conn_kill why)
+{
+	if (c->goodbye_said)
+		return;
+	c->goodbye_said = true;
+	if (c->codec->goodbye != NULL) {
+		c->codec->goodbye(c, why);
+	} else if (kill_line[why] != NULL) {
+		pthread_mutex_lock(&c->out_lock);
+		out_append(c, kill_line[why], strlen(kill_line[why]));
+		pthread_mutex_unlock(&c->out_lock);
+	}
+}
+
+/* The owner acts on a kill request: say why (when the protocol can), close. */
 static void
 conn_die(struct session *c, enum conn_kill why)
 {
-	const char *line = kill_line[why];
-
 	if (why == KILL_OVERFLOW) {
 		pthread_mutex_lock(&c->out_lock);
 		c->out_off = c->out_len = 0;	/* what it never read is lost anyway */
 		c->out_full = false;
 		pthread_mutex_unlock(&c->out_lock);
 	}
-	if (line != NULL) {
-		pthread_mutex_lock(&c->out_lock);
-		out_append(c, line, strlen(line));
-		pthread_mutex_unlock(&c->out_lock);
+	if (why != KILL_SEND_TIMEOUT) {
+		say_goodbye(c, why);
 		flush(c);
 	}
 	conn_close(c, why);
@@ -314,15 +388,13 @@ is_quit(const char *line, size_t len)
 	    strncasecmp(line, "exit", 4) == 0);
 }
 
-static int
-on_line(void *arg, char *line, size_t len)
+int
+conn_request(struct session *c, char *line, size_t len)
 {
-	struct session *c = arg;
-
 	c->lines++;
 	if (line == NULL) {
 		session_reply(c, "ERR line too long (max %d bytes)", c->w->cfg->max_line);
-		return 0;
+		return c->closing ? -1 : 0;
 	}
 	atomic_store_explicit(&c->last_line_ms, now_ms(), memory_order_relaxed);
 	if (is_quit(line, len)) {
@@ -348,6 +420,11 @@ conn_work(struct session *c)
 		conn_die(c, why);
 		return;
 	}
+	if (atomic_exchange(&c->tick_due, false) && c->codec->tick != NULL &&
+	    (why = c->codec->tick(c, now_ms())) != KILL_NONE) {
+		conn_die(c, why);
+		return;
+	}
 	if (flush(c) < 0) {
 		conn_close(c, KILL_NONE);
 		return;
@@ -360,10 +437,14 @@ conn_work(struct session *c)
 
 			if (n > 0) {
 				c->lines = 0;
-				framer_feed(&c->in, buf, (size_t)n, on_line, c);
-				if (c->lines > 0)
+				c->codec->input(c, buf, (size_t)n);
+				if (c->lines > 0) {
 					atomic_fetch_add_explicit(&c->w->sb->requests, c->lines,
 					    memory_order_relaxed);
+					atomic_fetch_add_explicit(
+					    &c->w->sb->proto_requests[c->l->protocol],
+					    c->lines, memory_order_relaxed);
+				}
 				if (c->closing ||
 				    atomic_load_explicit(&c->kill, memory_order_relaxed))
 					break;
@@ -392,8 +473,19 @@ conn_work(struct session *c)
 		conn_die(c, why);
 		return;
 	}
-	if (flush(c) < 0 || c->eof || (c->closing && !out_pending(c)))
+	if (flush(c) < 0 || c->eof) {
 		conn_close(c, KILL_NONE);
+		return;
+	}
+	if (c->closing && !out_pending(c)) {
+		if (!c->goodbye_said) {
+			/* a quit: the protocol's own last words (a close frame) */
+			say_goodbye(c, KILL_NONE);
+			if (flush(c) == 0 && out_pending(c))
+				return;	/* EPOLLOUT brings us back */
+		}
+		conn_close(c, KILL_NONE);
+	}
 }
 
 /* Run as owner until nobody has news for the connection any more. */
@@ -502,7 +594,12 @@ conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer, bool ip
 	c->l = l;
 	c->svc = l->service;
 	c->svc_idx = service_index(l->service);
-	c->svc_conf = w->cfg->service_conf[c->svc_idx];
+	c->svc_conf = l->svc_conf != NULL ? l->svc_conf : w->cfg->service_conf[c->svc_idx];
+	c->codec = l->codec != NULL ? l->codec : &codec_line;
+	c->cstate = NULL;
+	c->goodbye_said = c->begun = false;
+	atomic_store(&c->tick_ms, 0);
+	atomic_store(&c->tick_due, false);
 	atomic_store(&c->idle_ms, (uint64_t)l->idle_timeout * 1000);
 	c->closing = c->eof = false;
 	c->out_full = false;
@@ -531,13 +628,17 @@ conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer, bool ip
 	atomic_fetch_add_explicit(&w->sb->served, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&w->sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&w->sb->svc_served[c->svc_idx], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&w->sb->proto_conns[l->protocol], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&w->sb->proto_served[l->protocol], 1, memory_order_relaxed);
 	atomic_store(&c->open, true);
-	log_debug("%s: connected to %s", c->peer, c->svc->name);
+	log_debug("%s: connected to %s (%s)", c->peer, c->svc->name, c->codec->name);
 
-	if (l->banner != NULL)
-		session_reply(c, "%s", l->banner);
-	if (c->svc->open != NULL)
-		c->svc->open(c);
+	if (c->codec->open != NULL && c->codec->open(c) != 0) {
+		log_warnx("%s: out of memory", c->peer);
+		conn_close(c, KILL_NONE);
+		atomic_store(&c->state, 0);
+		return;
+	}
 
 	ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 	ev.data.ptr = c;
@@ -562,12 +663,18 @@ conn_sweep(struct worker *w, uint64_t now)
 
 	for (fd = 0; fd <= max && (size_t)fd < w->conns_cap; fd++) {
 		struct session *c = __atomic_load_n(&w->conns[fd], __ATOMIC_ACQUIRE);
-		uint64_t stalled, last;
+		uint64_t stalled, last, tick;
 
 		if (c == NULL || !atomic_load_explicit(&c->open, memory_order_relaxed))
 			continue;
 		stalled = atomic_load_explicit(&c->stalled_ms, memory_order_relaxed);
 		last = atomic_load_explicit(&c->last_line_ms, memory_order_relaxed);
+		tick = atomic_load_explicit(&c->tick_ms, memory_order_relaxed);
+		if (tick != 0 && now >= tick) {
+			atomic_store_explicit(&c->tick_ms, 0, memory_order_relaxed);
+			atomic_store(&c->tick_due, true);
+			conn_kick(c);
+		}
 		if (stalled != 0 && older_than(now, stalled, send_ms))
 			conn_kill(c, KILL_SEND_TIMEOUT);
 		else if (older_than(now, last,

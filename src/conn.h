@@ -43,6 +43,11 @@ struct session {
 	const struct codec	*codec;
 	void			*cstate;	/* the codec's, per connection */
 	bool			 goodbye_said;	/* the codec's last words are queued */
+	bool			 begun;		/* the service's open ran (conn_begin) */
+	/* when the codec next wants its tick (CLOCK_MONOTONIC ms; 0 = never);
+	 * the sweep sets tick_due and kicks the session then */
+	_Atomic uint64_t	 tick_ms;
+	_Atomic bool		 tick_due;
 	int			 svc_idx;
 	const void		*svc_conf;
 	void			*data;

@@ -114,3 +114,19 @@ framer_feed(struct framer *f, char *data, size_t n, frame_fn fn, void *arg)
 	}
 	return 0;
 }
+
+int
+framer_flush(struct framer *f, frame_fn fn, void *arg)
+{
+	int r = 0;
+
+	if (f->discarding) {
+		f->discarding = false;
+		return 0;
+	}
+	if (f->len > 0) {
+		r = deliver(f->buf, f->len, fn, arg, f->max);
+		drop_partial(f);
+	}
+	return r;
+}

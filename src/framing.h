@@ -25,6 +25,12 @@ void	framer_init(struct framer *, size_t max_line);
 void	framer_reset(struct framer *);
 /* data is modified (NULs are written after each line); returns -1 when fn stopped it */
 int	framer_feed(struct framer *, char *data, size_t n, frame_fn fn, void *arg);
+/*
+ * Hand over the unfinished line as if it had ended here (the chunk
+ * protocol: what arrived is a request even without a line end); an
+ * over-long line being discarded ends here too.
+ */
+int	framer_flush(struct framer *, frame_fn fn, void *arg);
 /* bytes held for an unfinished line */
 size_t	framer_pending(const struct framer *);
 

@@ -149,15 +149,17 @@ update_status(bool force)
 	struct sb_totals t;
 	uint64_t now = now_ms();
 	char counts[160];
+	int n;
 
 	if (!force && now - M.last_status_ms < STATUS_EVERY_MS)
 		return;
 	M.last_status_ms = now;
 	scoreboard_totals(&t);
-	snprintf(counts, sizeof(counts), "%d workers, %ld clients, %llu served",
-	    live_workers(M.cur.id, true), t.conns, (unsigned long long)t.served);
+	n = live_workers(M.cur.id, true);
+	snprintf(counts, sizeof(counts), "%d worker%s, %ld client%s, %llu served",
+	    n, PLURAL(n), t.conns, PLURAL(t.conns), (unsigned long long)t.served);
 	if (M.stopping)
-		notify_status("stopping: %ld clients left", t.conns);
+		notify_status("stopping: %ld client%s left", t.conns, PLURAL(t.conns));
 	else if (M.note[0] != '\0')
 		notify_status("%s; %s", M.note, counts);
 	else
@@ -724,7 +726,8 @@ start_stop(bool now)
 		scoreboard_totals(&t);
 		M.stopping = true;
 		notify_stopping();
-		log_info("stopping: %d workers, %ld clients", all_workers(), t.conns);
+		log_info("stopping: %d worker%s, %ld client%s", all_workers(),
+		    PLURAL(all_workers()), t.conns, PLURAL(t.conns));
 		update_status(true);
 		ctl_answer(UINT_MAX, false, "the daemon is stopping");
 		/* the port is free as soon as the workers let go of it */
@@ -764,14 +767,14 @@ on_signal(void)
 			if (M.target < FK_MAX_WORKERS && !M.stopping) {
 				M.target++;
 				atomic_store(&scoreboard->workers, M.target);
-				log_info("SIGTTIN: %d workers wanted", M.target);
+				log_info("SIGTTIN: %d worker%s wanted", M.target, PLURAL(M.target));
 			}
 			break;
 		case SIGTTOU:
 			if (M.target > 1 && !M.stopping) {
 				M.target--;
 				atomic_store(&scoreboard->workers, M.target);
-				log_info("SIGTTOU: %d workers wanted", M.target);
+				log_info("SIGTTOU: %d worker%s wanted", M.target, PLURAL(M.target));
 			}
 			break;
 		}
@@ -1202,8 +1205,9 @@ master_run(struct fk_config *cfg)
 		close(M.next_ctlfd);
 		unlink(M.next_ctlpath);
 	}
-	log_info("stopped: %llu connections served, %llu requests",
-	    (unsigned long long)t.served, (unsigned long long)t.requests);
+	log_info("stopped: %llu connection%s served, %llu request%s",
+	    (unsigned long long)t.served, PLURAL(t.served),
+	    (unsigned long long)t.requests, PLURAL(t.requests));
 	free(M.cur.lfds);
 	config_free(M.cur.cfg);
 	return M.giving_up ? 1 : 0;

@@ -40,6 +40,19 @@ scoreboard_retire(int i)
 		atomic_store(&s->svc_served[k], 0);
 		atomic_store(&s->svc_conns[k], 0);
 	}
+	for (k = 0; k < FK_MAX_PROTOCOLS; k++) {
+		atomic_fetch_add(&scoreboard->retired_proto_served[k],
+		    atomic_load(&s->proto_served[k]));
+		atomic_fetch_add(&scoreboard->retired_proto_requests[k],
+		    atomic_load(&s->proto_requests[k]));
+		atomic_store(&s->proto_served[k], 0);
+		atomic_store(&s->proto_requests[k], 0);
+		atomic_store(&s->proto_conns[k], 0);
+	}
+	for (k = 0; k < FK_MAX_KILLS; k++) {
+		atomic_fetch_add(&scoreboard->retired_closed[k], atomic_load(&s->closed[k]));
+		atomic_store(&s->closed[k], 0);
+	}
 	atomic_store(&s->served, 0);
 	atomic_store(&s->requests, 0);
 	atomic_store(&s->rejected, 0);
@@ -62,6 +75,12 @@ scoreboard_totals(struct sb_totals *t)
 	t->rejected = atomic_load(&scoreboard->retired_rejected);
 	for (k = 0; k < FK_MAX_SERVICES; k++)
 		t->svc_served[k] = atomic_load(&scoreboard->retired_svc_served[k]);
+	for (k = 0; k < FK_MAX_PROTOCOLS; k++) {
+		t->proto_served[k] = atomic_load(&scoreboard->retired_proto_served[k]);
+		t->proto_requests[k] = atomic_load(&scoreboard->retired_proto_requests[k]);
+	}
+	for (k = 0; k < FK_MAX_KILLS; k++)
+		t->closed[k] = atomic_load(&scoreboard->retired_closed[k]);
 	for (i = 0; i < FK_MAX_SLOTS; i++) {
 		struct sb_slot *s = &scoreboard->slot[i];
 		int st = atomic_load(&s->state);
@@ -82,6 +101,13 @@ scoreboard_totals(struct sb_totals *t)
 			t->svc_conns[k] += atomic_load(&s->svc_conns[k]);
 			t->svc_served[k] += atomic_load(&s->svc_served[k]);
 		}
+		for (k = 0; k < FK_MAX_PROTOCOLS; k++) {
+			t->proto_conns[k] += atomic_load(&s->proto_conns[k]);
+			t->proto_served[k] += atomic_load(&s->proto_served[k]);
+			t->proto_requests[k] += atomic_load(&s->proto_requests[k]);
+		}
+		for (k = 0; k < FK_MAX_KILLS; k++)
+			t->closed[k] += atomic_load(&s->closed[k]);
 	}
 }
 

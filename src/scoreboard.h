@@ -34,6 +34,12 @@ struct sb_slot {
 	_Atomic unsigned	epoch;		/* bumped for every worker in the slot */
 	_Atomic long		svc_conns[FK_MAX_SERVICES];
 	_Atomic uint64_t	svc_served[FK_MAX_SERVICES];
+	/* by protocol (enum fk_protocol) */
+	_Atomic long		proto_conns[FK_MAX_PROTOCOLS];
+	_Atomic uint64_t	proto_served[FK_MAX_PROTOCOLS];
+	_Atomic uint64_t	proto_requests[FK_MAX_PROTOCOLS];
+	/* sessions closed, by enum conn_kill (KILL_NONE: by the client) */
+	_Atomic uint64_t	closed[FK_MAX_KILLS];
 } __attribute__((aligned(64)));
 
 struct scoreboard {
@@ -52,6 +58,9 @@ struct scoreboard {
 	_Atomic uint64_t	retired_requests;
 	_Atomic uint64_t	retired_rejected;
 	_Atomic uint64_t	retired_svc_served[FK_MAX_SERVICES];
+	_Atomic uint64_t	retired_proto_served[FK_MAX_PROTOCOLS];
+	_Atomic uint64_t	retired_proto_requests[FK_MAX_PROTOCOLS];
+	_Atomic uint64_t	retired_closed[FK_MAX_KILLS];
 	/* acceptors that sit out wait on this futex; any accept bumps it */
 	_Atomic uint32_t	accept_seq;
 	_Atomic int		accept_waiters;
@@ -69,6 +78,10 @@ struct sb_totals {
 	uint64_t	served, requests, rejected;
 	long		svc_conns[FK_MAX_SERVICES];
 	uint64_t	svc_served[FK_MAX_SERVICES];
+	long		proto_conns[FK_MAX_PROTOCOLS];
+	uint64_t	proto_served[FK_MAX_PROTOCOLS];
+	uint64_t	proto_requests[FK_MAX_PROTOCOLS];
+	uint64_t	closed[FK_MAX_KILLS];
 	int		ready, draining, starting;
 };
 void	scoreboard_totals(struct sb_totals *);

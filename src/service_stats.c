@@ -7,6 +7,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "codec.h"
 #include "scoreboard.h"
 #include "service.h"
 #include "util.h"
@@ -16,7 +17,7 @@
  * the workers' (about 30 lines of at most 48 bytes), and six lines of at
  * most 48 bytes for each slot in use, up to every slot during a reload.
  */
-#define STATS_HEAD_MAX	2048
+#define STATS_HEAD_MAX	4096
 #define STATS_SLOT_MAX	384
 
 static void
@@ -46,6 +47,14 @@ stats_all(struct session *s)
 		    t.svc_conns[i]);
 		session_reply(s, "STAT %s_total_connections %llu", services[i]->name,
 		    (unsigned long long)t.svc_served[i]);
+	}
+	for (i = 0; i < PROTO_COUNT; i++) {
+		session_reply(s, "STAT protocol.%s.curr_connections %ld", protocol_names[i],
+		    t.proto_conns[i]);
+		session_reply(s, "STAT protocol.%s.total_connections %llu", protocol_names[i],
+		    (unsigned long long)t.proto_served[i]);
+		session_reply(s, "STAT protocol.%s.requests %llu", protocol_names[i],
+		    (unsigned long long)t.proto_requests[i]);
 	}
 	session_reply(s, "STAT worker_restarts %llu",
 	    (unsigned long long)atomic_load(&scoreboard->restarts));

@@ -8,6 +8,8 @@
 
 #define nitems(a)	(sizeof(a) / sizeof((a)[0]))
 #define MIN(a, b)	((a) < (b) ? (a) : (b))
+/* "s" unless n is one: "%ld connection%s", n, PLURAL(n) */
+#define PLURAL(n)	((n) == 1 ? "" : "s")
 #define MAX(a, b)	((a) > (b) ? (a) : (b))
 
 /* CLOCK_MONOTONIC in milliseconds */

@@ -309,7 +309,8 @@ start_drain(struct worker *w, bool graceful)
 		atomic_store(&w->sb->state, SLOT_DRAINING);
 		wake_master(w);
 		w->drain_deadline_ms = now + (uint64_t)w->cfg->shutdown_timeout * 1000;
-		log_debug("draining (%ld connections)", atomic_load(&w->nconns));
+		log_debug("draining (%ld connection%s)", atomic_load(&w->nconns),
+		    PLURAL(atomic_load(&w->nconns)));
 	}
 	if (!graceful) {
 		w->stopping = true;
@@ -492,8 +493,9 @@ on_tick(struct worker *w)
 		wake_master(w);
 	}
 	if (w->draining && !w->stopping && now >= w->drain_deadline_ms) {
-		log_info("shutdown_timeout passed: closing %ld connections",
-		    atomic_load(&w->nconns));
+		long n = atomic_load(&w->nconns);
+
+		log_info("shutdown_timeout passed: closing %ld connection%s", n, PLURAL(n));
 		w->stopping = true;
 		conn_kill_all(w, KILL_RETIRE);
 	}

@@ -34,7 +34,7 @@ def test_ready_then_status(forkd_factory):
     # STATUS stays current: it counts clients and what was served
     c = d.client()
     c.ask("x")
-    d.notify.wait_for("1 clients, 1 served", start=j)
+    d.notify.wait_for("1 client, 1 served", start=j)
 
 
 def nthreads(pid):

@@ -283,19 +283,20 @@ def test_sigttin_sigttou(forkd_factory):
 
     for want in (2, 1):
         d.signal(signal.SIGTTOU)
-        wait_until(lambda: f"SIGTTOU: {want} workers wanted" in d.log(), 3,
+        wait_until(lambda: f"SIGTTOU: {want} worker{'s' if want > 1 else ''} wanted"
+                   in d.log(), 3,
                    f"SIGTTOU to {want}")
         wait_until(lambda: len(d.workers()) == want, 5, f"{want} workers")
         assert stats(d)["workers"] == str(want)
         assert d.client().ask("x") == "Echo: x"
-    d.notify.wait_for("STATUS=1 workers", start=start)
+    d.notify.wait_for("STATUS=1 worker,", start=start)
 
     # at one worker, SIGTTOU does nothing
     d.signal(signal.SIGTTOU)
     wait_until(lambda: signal_taken(d.pid, signal.SIGTTOU), 3, "the master to take SIGTTOU")
     d.signal(signal.SIGTTIN)
     wait_until(lambda: "SIGTTIN: 2 workers wanted" in d.log() or
-               "SIGTTIN: 1 workers wanted" in d.log(), 3, "the next SIGTTIN")
+               "SIGTTIN: 1 worker wanted" in d.log(), 3, "the next SIGTTIN")
     log = d.log()
     assert "0 workers wanted" not in log
     assert "SIGTTIN: 2 workers wanted" in log

@@ -27,7 +27,7 @@ need_root_and() {
 }
 
 # The Debian mirror the host's apt uses for $FORKD_SUITE (deb822 or
-# one-line sources), else deb.debian.org.
+# one-line sources); nothing when apt names none.
 debian_mirror() {
 	local m
 	m=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk -v s="$FORKD_SUITE" '
@@ -40,7 +40,7 @@ debian_mirror() {
 			awk -v s="$FORKD_SUITE" '$1 == "deb" && $3 == s { print $2; exit }' |
 			sed 's/^\[[^]]*\][ \t]*//')
 	fi
-	echo "${m:-http://deb.debian.org/debian}"
+	echo "$m"
 }
 
 # Copy the source tree (tracked and untracked files, without what
@@ -101,6 +101,13 @@ base_tarball() {
 	mkdir -p "$FORKD_CACHE"
 	dir=$(mktemp -d "$FORKD_CACHE/root.XXXXXX") || return 1
 	mirror=$(debian_mirror)
+	if [ -z "$mirror" ]; then
+		echo "no Debian mirror for $FORKD_SUITE in apt's sources" \
+			"(/etc/apt/sources.list, /etc/apt/sources.list.d/): add one, e.g." \
+			"'deb URL $FORKD_SUITE main', so the test root can be made" >&2
+		rmdir "$dir"
+		return 1
+	fi
 	note "debootstrap $FORKD_SUITE from $mirror (cached in $tarball)" >&2
 	if ! timeout 900 debootstrap --variant=minbase \
 		--include=systemd,systemd-sysv,dbus,procps \

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "codec.h"
 #include "config.h"
 #include "service.h"
 
@@ -204,6 +205,70 @@ out:
 	free(text);
 }
 
+#define L1(body) "listeners = ( { address = \"127.0.0.1\"; port = 5002; " body " } );\n"
+
+/* protocol, its keys, and a listener's own service settings */
+static void
+check_protocols(void)
+{
+	struct fk_config *cfg;
+
+	cfg = expect_ok(L_ECHO);
+	if (cfg != NULL)
+		CHECK(cfg->listeners[0].protocol == PROTO_LINE &&
+		    cfg->listeners[0].codec == &codec_line &&
+		    cfg->listeners[0].svc_conf == NULL, "line is the default");
+	config_free(cfg);
+	cfg = expect_ok(L1("service = \"calc\"; protocol = \"chunk\";"));
+	if (cfg != NULL)
+		CHECK(cfg->listeners[0].codec == &codec_chunk, "chunk");
+	config_free(cfg);
+	expect_error("\n" L1("service = \"echo\"; protocol = \"lines\";"),
+	    "t.conf:2: 'protocol' must be one of line, chunk, websocket, http (got 'lines')");
+	expect_error("\n" L1("service = \"echo\"; protocl = \"line\";"),
+	    "t.conf:2: unknown setting 'protocl' in listener 1 (did you mean 'protocol'?)");
+	expect_error("\n" L1("service = \"echo\"; ping_interval = 5;"),
+	    "t.conf:2: listener 1: 'ping_interval' applies to websocket listeners only "
+	    "(this one speaks line)");
+	expect_error("\n" L1("service = \"echo\"; protocol = \"chunk\"; max_header = 4096;"),
+	    "t.conf:2: listener 1: 'max_header' applies to websocket and http listeners "
+	    "only (this one speaks chunk)");
+	expect_error("\n" L1("service = \"echo\"; allowed_origins = [ \"https://a\" ];"),
+	    "t.conf:2: listener 1: 'allowed_origins' applies to websocket listeners only");
+	expect_error("\n" L1("service = \"echo\"; protocol = \"http\";"),
+	    codec_for(PROTO_HTTP) != NULL ? "t.conf:2: listener 1: the echo service "
+	    "does not speak http" : "t.conf:2: listener 1: protocol 'http' is not built");
+
+	/* a listener's own settings: a copy of the global group, overridden */
+	cfg = expect_ok("echo = { prefix = \"E: \"; };\n"
+	    "listeners = ( { address = \"127.0.0.1\"; port = 5002; service = \"echo\"; },\n"
+	    "  { address = \"127.0.0.1\"; port = 5008; service = \"echo\"; "
+	    "echo = { prefix = \"\"; }; } );\n");
+	if (cfg != NULL) {
+		int ei = service_index(service_find("echo"));
+
+		CHECK(cfg->listeners[0].svc_conf == NULL, "no override on the first");
+		CHECK(cfg->listeners[1].svc_conf != NULL &&
+		    strcmp(*(char **)cfg->listeners[1].svc_conf, "") == 0,
+		    "the second echoes plainly");
+		CHECK(strcmp(*(char **)cfg->service_conf[ei], "E: ") == 0,
+		    "the global prefix stays");
+	}
+	config_free(cfg);
+	cfg = expect_ok("chat = { max_rooms = 7; };\n"
+	    L1("service = \"chat\"; chat = { default_room = \"hall\"; };"));
+	config_free(cfg);
+	expect_error("\n" L1("service = \"echo\"; chat = { default_room = \"x\"; };"),
+	    "t.conf:2: listener 1: 'chat' settings apply to a chat listener only "
+	    "(this one serves echo)");
+	expect_error("\n" L1("service = \"echo\"; echo = { prefx = \"x\"; };"),
+	    "t.conf:2: unknown setting 'prefx' in echo (did you mean 'prefix'?)");
+	expect_error("\n" L1("service = \"echo\"; echo = 3;"),
+	    "t.conf:2: 'echo' must be a group");
+	expect_error("\n" L1("service = \"echo\"; echo = { prefix = 3; };"),
+	    "t.conf:2: 'echo.prefix' must be a string (got an integer)");
+}
+
 int
 main(void)
 {
@@ -310,13 +375,14 @@ main(void)
 	 * lists every worker slot (2048 + 128 slots x 384 bytes) */
 #define L_STATS "listeners = ( { address = \"127.0.0.1\"; port = 5003; service = \"stats\"; },\n" \
 	"  { address = \"127.0.0.1\"; port = 5004; service = \"stats\"; } );\n"
-	expect_error("max_output = 51199;\n" L_STATS,
-	    "t.conf:1: 'max_output' must be at least 51200 to hold the stats service's "
-	    "longest reply (got max_output = 51199)");
-	cfg = expect_ok("max_output = 51200;\n" L_STATS);
+	expect_error("max_output = 53247;\n" L_STATS,
+	    "t.conf:1: 'max_output' must be at least 53248 to hold the stats service's "
+	    "longest reply (got max_output = 53247)");
+	cfg = expect_ok("max_output = 53248;\n" L_STATS);
 	config_free(cfg);
 
 	check_shipped_file();
+	check_protocols();
 
 	/* several mistakes: all of them reported */
 	{

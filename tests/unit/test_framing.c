@@ -137,5 +137,35 @@ main(void)
 	CHECK(!older_than(10000, 6000, 5000), "4 s old is not");
 	CHECK(!older_than(10000, 10001, 5000), "a stamp from after `now` is fresh");
 	CHECK(!older_than(10000, 10000, 1), "a stamp of `now` is fresh");
+	/* chunk: what arrived ends a request even without a line end */
+	memset(&g, 0, sizeof(g));
+	framer_init(&f, 64);
+	feed(&f, "67", &g);
+	CHECK(g.n == 0, "no line before the flush (%d)", g.n);
+	framer_flush(&f, collect, &g);
+	CHECK(g.n == 1 && strcmp(g.lines[0], "67") == 0, "the tail is a request");
+	CHECK(framer_pending(&f) == 0, "nothing kept after the flush");
+	feed(&f, "add,7,4\r\nsquare 3\r", &g);
+	framer_flush(&f, collect, &g);
+	CHECK(g.n == 3 && strcmp(g.lines[1], "add,7,4") == 0 &&
+	    strcmp(g.lines[2], "square 3") == 0, "a trailing CR is not part of it ('%s')",
+	    g.lines[2]);
+	feed(&f, "ping\n", &g);
+	framer_flush(&f, collect, &g);
+	CHECK(g.n == 4, "a whole line is not given twice (%d)", g.n);
+	framer_flush(&f, collect, &g);
+	CHECK(g.n == 4, "an empty flush gives nothing (%d)", g.n);
+	/* an over-long tail is reported once; the next chunk starts afresh */
+	memset(big, 'x', 100);
+	big[100] = '\0';
+	feed(&f, big, &g);
+	framer_flush(&f, collect, &g);
+	CHECK(g.toolong == 1, "too long once (%d)", g.toolong);
+	feed(&f, "ok", &g);
+	framer_flush(&f, collect, &g);
+	CHECK(g.n == 5 && strcmp(g.lines[4], "ok") == 0, "the next chunk is whole ('%s')",
+	    g.lines[4]);
+	framer_reset(&f);
+
 	return check_done();
 }
