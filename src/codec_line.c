@@ -67,6 +67,7 @@ codec_for(int protocol)
 	switch (protocol) {
 	case PROTO_LINE:	return &codec_line;
 	case PROTO_CHUNK:	return &codec_chunk;
+	case PROTO_WEBSOCKET:	return &codec_websocket;
 	default:		return NULL;
 	}
 }

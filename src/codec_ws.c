@@ -433,14 +433,13 @@ ws_frame_start_cb(wslay_event_context_ptr ctx,
     const struct wslay_event_on_frame_recv_start_arg *arg, void *user)
 {
 	struct ws *st = user;
-	uint64_t now = now_ms();
 
 	(void)ctx;
 	(void)arg;
 	/* any frame, a pong too, shows the peer is there */
-	st->last_rx_ms = now;
+	st->last_rx_ms = now_ms();
 	st->ping_sent_ms = 0;
-	atomic_store(&st->c->last_line_ms, now);
+	conn_alive(st->c);
 }
 
 static void	flush_wslay(struct session *, struct ws *, bool);
@@ -574,6 +573,32 @@ ws_frames(struct session *c, struct ws *st, char *data, size_t n)
 	if (wslay_event_want_write(st->ctx))
 		flush_wslay(c, st, false);
 	return 0;
+}
+
+/* ---- deadlines ---- */
+
+static uint64_t
+seconds(int s)
+{
+	return (uint64_t)s * 1000;
+}
+
+/* When tick should run next (0: never); the sweep kicks the session then. */
+static void
+schedule(struct session *c, struct ws *st)
+{
+	const struct fk_listener *l = c->l;
+	uint64_t at = 0;
+
+	if (st->done)
+		at = 0;
+	else if (st->phase == PH_HTTP)
+		at = l->header_timeout > 0 ?
+		    st->head_start_ms + seconds(l->header_timeout) : 0;
+	else if (l->ping_interval > 0)
+		at = (st->ping_sent_ms != 0 ? st->ping_sent_ms : st->last_rx_ms) +
+		    seconds(l->ping_interval);
+	atomic_store(&c->tick_ms, at);
 }
 
 /* ---- the handshake ---- */
@@ -713,6 +738,7 @@ ws_head(struct session *c, struct ws *st, const struct http_request *r)
 		}
 		http_head_reset(st->hp);
 		st->head_start_ms = now_ms();
+		schedule(c, st);
 		return 0;
 	}
 	if (!http_header_has_token(r, "Upgrade", "websocket") ||
@@ -764,7 +790,6 @@ ws_head(struct session *c, struct ws *st, const struct http_request *r)
 		return -1;
 	}
 	st->phase = PH_WS;
-	/* what the service said before (a banner, a greeting) goes out now */
 	ok = st->pend_len == 0 || frame_pend(c, st);
 	pthread_mutex_unlock(&c->out_lock);
 	if (!ok)
@@ -772,6 +797,9 @@ ws_head(struct session *c, struct ws *st, const struct http_request *r)
 	http_head_free(st->hp);
 	st->hp = NULL;
 	st->last_rx_ms = now_ms();
+	schedule(c, st);
+	/* the session proper: the banner, the service's greeting */
+	conn_begin(c);
 	return 0;
 }
 
@@ -794,6 +822,7 @@ ws_open(struct session *c)
 		return -1;
 	}
 	c->cstate = st;
+	schedule(c, st);
 	return 0;
 }
 
@@ -884,35 +913,36 @@ ws_tick(struct session *c, uint64_t now)
 {
 	struct ws *st = c->cstate;
 	const struct fk_listener *l = c->l;
-	uint64_t ping;
 	unsigned char p[8];
 	bool ok;
 	int i;
 
-	if (st == NULL || st->done || l == NULL)
+	if (st == NULL || st->done)
 		return KILL_NONE;
 	if (st->phase == PH_HTTP) {
 		if (l->header_timeout > 0 && older_than(now, st->head_start_ms,
-		    (uint64_t)l->header_timeout * 1000)) {
+		    seconds(l->header_timeout))) {
 			st->timed_out = true;
 			return KILL_PROTOCOL;
 		}
-		return KILL_NONE;
+	} else if (l->ping_interval > 0) {
+		if (st->ping_sent_ms != 0) {
+			/* no frame at all since the ping */
+			if (older_than(now, st->ping_sent_ms, seconds(l->ping_interval)))
+				return KILL_IDLE;
+		} else if (older_than(now, st->last_rx_ms, seconds(l->ping_interval))) {
+			for (i = 0; i < 8; i++)
+				p[i] = (unsigned char)(now >> (56 - 8 * i));
+			pthread_mutex_lock(&c->out_lock);
+			ok = st->closed || write_frame(c, WSLAY_PING, p, sizeof(p));
+			pthread_mutex_unlock(&c->out_lock);
+			if (!ok)
+				return KILL_OVERFLOW;
+			st->ping_sent_ms = now != 0 ? now : 1;
+		}
 	}
-	if (l->ping_interval <= 0)
-		return KILL_NONE;
-	ping = (uint64_t)l->ping_interval * 1000;
-	if (st->ping_sent_ms != 0)
-		return older_than(now, st->ping_sent_ms, ping) ? KILL_IDLE : KILL_NONE;
-	if (!older_than(now, st->last_rx_ms, ping))
-		return KILL_NONE;
-	for (i = 0; i < 8; i++)
-		p[i] = (unsigned char)(now >> (56 - 8 * i));
-	pthread_mutex_lock(&c->out_lock);
-	ok = st->closed || write_frame(c, WSLAY_PING, p, sizeof(p));
-	pthread_mutex_unlock(&c->out_lock);
-	st->ping_sent_ms = now != 0 ? now : 1;
-	return ok ? KILL_NONE : KILL_OVERFLOW;
+	schedule(c, st);
+	return KILL_NONE;
 }
 
 static void

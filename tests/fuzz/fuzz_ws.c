@@ -1,7 +1,8 @@
 /*
  * libFuzzer harness for the websocket codec (codec_ws.c, over http.c and
  * libwslay), with a fake session around it: conn_request answers like echo
- * ("quit" ends the session as conn.c does), conn_write and
+ * ("quit" ends the session as conn.c does), conn_begin says a banner,
+ * conn_write and
  * conn_write_locked append to the session's output bounded by max_output,
  * and everything the codec writes is kept as "the wire".
  *
@@ -98,6 +99,25 @@ void
 conn_finish(struct session *c)
 {
 	c->closing = true;
+	c->goodbye_said = true;
+}
+
+void
+conn_alive(struct session *c)
+{
+	atomic_store(&c->last_line_ms, now_ms());
+}
+
+static void	say(struct session *, const void *, size_t);
+
+/* the banner, once the handshake is answered */
+void
+conn_begin(struct session *c)
+{
+	if (c->begun)
+		return;
+	c->begun = true;
+	say(c, "Hello\r\n", 7);
 }
 
 /* what a service's session_send does: through the codec, under out_lock */
@@ -345,8 +365,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	atomic_store(&c->open, true);
 	if (c->codec->open(c) != 0)
 		abort();
-	/* a banner before the handshake is held until it is done */
-	say(c, "Hello\r\n", 7);
 
 	now = now_ms();
 	if ((data[0] & 1) && !feed(c, handshake, sizeof(handshake) - 1))

@@ -413,9 +413,9 @@ def test_message_over_max_line_closes_1009(wsd):
     half = MAX_LINE // 2 + 1
     assert ws_close_after(wsd, frame(1, b"x" * half, fin=False) +
                           frame(0, b"y" * half)) == 1009
-    # a frame that announces a huge length is refused before it arrives
+    # a frame that announces a huge length is refused with its first bytes
     r = Raw(wsd.ws).handshake()
-    r.send(b"\x82\xff" + struct.pack(">Q", 1 << 40) + b"\0\0\0\0")
+    r.send(b"\x82\xff" + struct.pack(">Q", 1 << 40) + b"\0\0\0\0" + b"x" * 100)
     assert r.close_code() == 1009
 
 
