@@ -794,6 +794,9 @@ ws_head(struct session *c, struct ws *st, const struct http_request *r)
 	pthread_mutex_unlock(&c->out_lock);
 	if (!ok)
 		overflow(c);
+	/* what the client asked for, for the service (the chat's room) */
+	free(c->resource);
+	c->resource = strdup(r->path);
 	http_head_free(st->hp);
 	st->hp = NULL;
 	st->last_rx_ms = now_ms();

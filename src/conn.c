@@ -675,7 +675,14 @@ conn_sweep(struct worker *w, uint64_t now)
 			atomic_store(&c->tick_due, true);
 			conn_kick(c);
 		}
-		if (stalled != 0 && older_than(now, stalled, send_ms))
+		/*
+		 * A kill another thread asked for (a chat delivery that filled
+		 * the output queue) waits for the owner, and a client that reads
+		 * nothing gives its socket no event to bring one: act on it here.
+		 */
+		if (atomic_load_explicit(&c->kill, memory_order_relaxed) != KILL_NONE)
+			conn_kick(c);
+		else if (stalled != 0 && older_than(now, stalled, send_ms))
 			conn_kill(c, KILL_SEND_TIMEOUT);
 		else if (older_than(now, last,
 		    atomic_load_explicit(&c->idle_ms, memory_order_relaxed)))

@@ -24,6 +24,7 @@
 
 #include "chan.h"
 #include "chat_event.h"
+#include "chat_page.h"
 #include "codec.h"
 #include "config.h"
 #include "log.h"
@@ -845,4 +846,5 @@ const struct service service_chat = {
 	.open = chat_open,
 	.line = chat_line,
 	.close = chat_close,
+	.http = chat_page_http,
 };

@@ -506,9 +506,10 @@ def test_idle_timeout_without_pings_closes_1000(forkd_factory):
 # ---- output from other sessions ----
 
 def test_chat_from_telnet_reaches_websocket_as_valid_utf8(forkd_factory):
+    # the chat's text lines, as a WebSocket member with format = "text" gets them
     d = forkd_factory([{"service": "chat", "protocol": "websocket"},
                        {"service": "chat", "protocol": "line"}],
-                      workers=1, threads=4)
+                      workers=1, threads=4, chat={"format": "text"})
     r = Raw(d.listeners[0]["port"]).handshake()
     greeting = r.text()
     assert greeting.startswith("* welcome to forkd chat"), greeting

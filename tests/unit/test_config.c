@@ -178,15 +178,19 @@ check_shipped_file(void)
 			    key, a, b);
 		}
 	}
-	/* the documented listeners: echo, stats on loopback only, calc, chat */
-	CHECK(cfg->nlisteners == 4, "%s: %zu listeners", path, cfg->nlisteners);
-	if (cfg->nlisteners == 4) {
+	/* the documented listeners: echo, stats on loopback only, calc, chat,
+	 * and chat for browsers and WebSocket clients on 8000 */
+	CHECK(cfg->nlisteners == 5, "%s: %zu listeners", path, cfg->nlisteners);
+	if (cfg->nlisteners == 5) {
 		static const struct { const char *svc, *addr; int port; } want[] = {
 			{ "echo", "0.0.0.0", 5002 }, { "stats", "127.0.0.1", 5003 },
 			{ "calc", "0.0.0.0", 5004 }, { "chat", "0.0.0.0", 5005 },
+			{ "chat", "0.0.0.0", 8000 },
 		};
 
-		for (i = 0; i < 4; i++) {
+		CHECK(cfg->listeners[4].protocol == PROTO_WEBSOCKET,
+		    "%s: the chat on 8000 does not speak WebSocket", path);
+		for (i = 0; i < 5; i++) {
 			const struct fk_listener *l = &cfg->listeners[i];
 
 			CHECK(strcmp(l->service_name, want[i].svc) == 0 &&
