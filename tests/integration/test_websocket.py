@@ -517,6 +517,9 @@ def test_chat_from_telnet_reaches_websocket_as_valid_utf8(forkd_factory):
     t = Client(d.listeners[1]["port"])
     assert t.line().startswith("* welcome to forkd chat")
     assert t.line().startswith("* commands:")
+    # the WebSocket member asked for /chat: that is its room
+    t.send("/join chat\n")
+    assert t.line() == "* you joined chat"
     # what telnet sends need not be UTF-8; what a browser gets must be
     t.send(b"caf\xc3\xa9 \xff\xfe end\n")
     while True:
