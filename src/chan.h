@@ -5,10 +5,11 @@
 
 /*
  * The channel layer: how a chat room's lines and its member list are shared
- * between the processes that hold its members.  Today's implementation
- * (chan_local.c) links the workers of one host; another (Redis pub/sub,
- * between hosts) can take its place behind the same calls.  Rooms and nicks
- * are plain strings; nothing here knows about sessions or sockets.
+ * between the processes that hold its members.  chan_local.c links the
+ * workers of one host through shared memory; chan_redis.c adds the other
+ * hosts through Redis (pub/sub for the lines, a leased member list for
+ * presence) on top of it, behind the same calls.  Rooms and nicks are plain
+ * strings; nothing here knows about sessions or sockets.
  */
 
 /* Called, on a thread of the layer's own, for every line published to a
@@ -20,8 +21,24 @@ struct chan_limits {
 	int	max_members;	/* per room */
 };
 
+/* Where the other hosts are (see forkd.conf(5), chat.layer = "redis"). */
+struct chan_redis {
+	const char	*address;	/* "HOST:PORT" or "unix:/PATH" */
+	const char	*prefix;	/* of every key and channel */
+	const char	*password;	/* NULL: no AUTH */
+	int		 lease_ms;	/* presence entries live this long unrefreshed */
+	int		 timeout_ms;	/* connect, and the longest wait for an answer */
+	int		 queue;		/* lines waiting to be published, at most */
+};
+
+/* Told to every member of this worker when the link to the other hosts
+ * goes down or comes back (a whole line, "\r\n" included). */
+typedef void (*chan_notice_fn)(const char *line, size_t len);
+
 /* master, before the workers exist; idempotent */
 int	chan_setup(void);
+/* worker, before chan_start: link to other hosts through Redis */
+int	chan_use_redis(const struct chan_redis *, chan_notice_fn);
 /* worker: start receiving */
 int	chan_start(int slot, const struct chan_limits *, chan_deliver_fn);
 
@@ -43,5 +60,18 @@ int	chan_who(const char *room, char *buf, size_t len);
 int	chan_rooms(char *buf, size_t len);
 /* a fresh number for a default nick */
 unsigned chan_next_guest(void);
+
+/* The link to the other hosts, for the whole host (master, stats). */
+#define CHAN_LINK_NONE	0	/* the local layer: no other hosts */
+#define CHAN_LINK_DOWN	1	/* some worker cannot reach Redis */
+#define CHAN_LINK_UP	2
+int	chan_link(void);
+struct chan_counters {
+	unsigned long long	published;	/* lines sent to other hosts */
+	unsigned long long	received;	/* lines from other hosts */
+	unsigned long long	lost;		/* not sent: the queue was full */
+	unsigned long long	links;		/* times a worker (re)connected */
+};
+void	chan_counters(struct chan_counters *);
 
 #endif

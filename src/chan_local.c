@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "chan.h"
+#include "chan_local.h"
 #include "log.h"
 #include "scoreboard.h"
 #include "util.h"
@@ -76,7 +77,7 @@ static _Atomic uint64_t	 dropped;
 static _Atomic uint64_t	 dropped_logged_ms;
 
 int
-chan_setup(void)
+chan_local_setup(void)
 {
 	pthread_mutexattr_t ma;
 	void *p;
@@ -174,7 +175,7 @@ find_member(int room, const char *nick)
 }
 
 int
-chan_join(const char *room, const char *nick)
+chan_local_join(const char *room, const char *nick)
 {
 	struct presence *e = NULL;
 	uint32_t i, nrooms = 0;
@@ -236,7 +237,7 @@ out:
 }
 
 void
-chan_leave(const char *room, const char *nick)
+chan_local_leave(const char *room, const char *nick)
 {
 	struct presence *e;
 	int r;
@@ -249,7 +250,7 @@ chan_leave(const char *room, const char *nick)
 }
 
 int
-chan_rename(const char *room, const char *from, const char *to)
+chan_local_rename(const char *room, const char *from, const char *to)
 {
 	struct presence *e;
 	int r, rc = CHAN_OK;
@@ -286,7 +287,7 @@ list_add(char *buf, size_t len, size_t *used, const char *item, bool *full)
 }
 
 int
-chan_who(const char *room, char *buf, size_t len)
+chan_local_who(const char *room, char *buf, size_t len)
 {
 	size_t used = 0;
 	uint32_t i;
@@ -310,7 +311,7 @@ chan_who(const char *room, char *buf, size_t len)
 }
 
 int
-chan_rooms(char *buf, size_t len)
+chan_local_rooms(char *buf, size_t len)
 {
 	size_t used = 0;
 	uint32_t i;
@@ -334,8 +335,39 @@ chan_rooms(char *buf, size_t len)
 	return count;
 }
 
+int
+chan_local_own(void (*fn)(const char *, const char *, void *), void *arg)
+{
+	struct own {
+		char	room[NAME_MAX_LEN + 1];
+		char	nick[NAME_MAX_LEN + 1];
+	} *mine;
+	uint32_t i, n = 0;
+	pid_t me = getpid();
+
+	/* copied out first: fn may take its time, the table's lock must not */
+	mine = calloc(PRESENCE_CAP, sizeof(*mine));
+	if (mine == NULL)
+		return -1;
+	lock();
+	for (i = 0; i < shm->presence_hw; i++) {
+		const struct presence *e = &shm->presence[i];
+
+		if (e->slot != my_slot || e->pid != me)
+			continue;
+		memcpy(mine[n].room, shm->rooms[e->room].name, sizeof(mine[n].room));
+		memcpy(mine[n].nick, e->nick, sizeof(mine[n].nick));
+		n++;
+	}
+	unlock();
+	for (i = 0; i < n; i++)
+		fn(mine[i].room, mine[i].nick, arg);
+	free(mine);
+	return (int)n;
+}
+
 unsigned
-chan_next_guest(void)
+chan_local_next_guest(void)
 {
 	return atomic_fetch_add(&shm->guest, 1) + 1;
 }
@@ -409,7 +441,7 @@ receiver(void *arg)
 }
 
 int
-chan_start(int slot, const struct chan_limits *lim, chan_deliver_fn fn)
+chan_local_start(int slot, const struct chan_limits *lim, chan_deliver_fn fn)
 {
 	struct ring *r;
 	pthread_t tid;
@@ -435,7 +467,7 @@ chan_start(int slot, const struct chan_limits *lim, chan_deliver_fn fn)
 }
 
 int
-chan_publish(const char *room, const char *line, size_t len)
+chan_local_publish(const char *room, const char *line, size_t len)
 {
 	size_t rlen = strlen(room);
 	uint32_t total;

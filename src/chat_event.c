@@ -58,6 +58,10 @@ chat_event_decode(const char *buf, size_t len, struct chat_event *ev)
 	}
 	while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
 		len--;
+	if (len >= 2 && buf[0] == '*' && buf[1] == ' ') {
+		buf += 2;	/* the text form of a notice: rendered back the same */
+		len -= 2;
+	}
 	ev->kind = CHAT_NOTICE;
 	ev->nick = "";
 	ev->text = buf;

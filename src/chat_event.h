@@ -38,7 +38,8 @@ size_t		 chat_event_encode(char *buf, size_t cap, const struct chat_event *);
 /*
  * Decode what the channel layer delivered; the event points into buf.
  * Bytes that are not an encoded event (a line from a layer that speaks
- * text) are a notice of that text, without its line end.
+ * text, such as "* other hosts are out of reach ...\r\n") are a notice of
+ * that text, without its line end and the "* " of a notice line.
  */
 void		 chat_event_decode(const char *buf, size_t len, struct chat_event *);
 

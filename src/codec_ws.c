@@ -59,6 +59,7 @@ struct ws {
 	bool			 stop;		/* conn_request said the session ends */
 	bool			 timed_out;	/* the request head took too long */
 	int			 reply_close;	/* close code to answer with, or WS_NO_CLOSE */
+	bool			 peer_closed;	/* reply_close answers a valid close */
 	struct http_parser_state *hp;
 	uint64_t		 head_start_ms;
 
@@ -503,6 +504,8 @@ ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg 
 			st->reply_close = WS_EMPTY_CLOSE;
 		else
 			st->reply_close = arg->status_code;
+		/* answering a good close is no error of the peer's */
+		st->peer_closed = st->reply_close != 1002 && st->reply_close != 1007;
 		return;
 	case WSLAY_PING:
 		/* wslay queued the pong: it goes out now, before the replies
@@ -534,11 +537,27 @@ flush_wslay(struct session *c, struct ws *st, bool closing)
 	pthread_mutex_unlock(&c->out_lock);
 }
 
+/* We are done and the client too: close once the output is flushed. */
 static void
 finish(struct session *c, struct ws *st)
 {
 	st->done = true;
 	conn_finish(c);
+}
+
+/*
+ * The client broke the protocol; the answer (a status, a close frame) is
+ * queued.  Closed as a kill, which half-closes and reads what the client
+ * still sends, so that its data is not met with a reset that would throw
+ * the answer away before it is read.
+ */
+static void
+fail(struct session *c, struct ws *st)
+{
+	int none = KILL_NONE;
+
+	st->done = true;
+	atomic_compare_exchange_strong(&c->kill, &none, (int)KILL_PROTOCOL);
 }
 
 static int
@@ -555,19 +574,22 @@ ws_frames(struct session *c, struct ws *st, char *data, size_t n)
 		return -1;
 	if (st->reply_close != WS_NO_CLOSE) {
 		send_close(c, st, st->reply_close, NULL);
-		finish(c, st);
+		if (st->peer_closed)
+			finish(c, st);
+		else
+			fail(c, st);
 		return -1;
 	}
 	if (r != 0) {
 		/* wslay refused a frame header (or ran out of memory) */
 		send_close(c, st, r == WSLAY_ERR_NOMEM ? 1011 : 1002, NULL);
-		finish(c, st);
+		fail(c, st);
 		return -1;
 	}
 	if (!wslay_event_get_read_enabled(st->ctx)) {
 		/* wslay queued a close with its reason: 1002, 1007, 1009 */
 		flush_wslay(c, st, true);
-		finish(c, st);
+		fail(c, st);
 		return -1;
 	}
 	if (wslay_event_want_write(st->ctx))
@@ -609,7 +631,7 @@ http_error(struct session *c, struct ws *st, int status, const char *extra,
 {
 	(void)http_respond(c, status, "text/plain; charset=utf-8", extra, body,
 	    strlen(body), false, false);
-	finish(c, st);
+	fail(c, st);
 }
 
 static bool
@@ -694,7 +716,8 @@ origin_allowed(const struct session *c, const struct http_request *r)
 		return true;
 	if (l != NULL && l->norigins > 0) {
 		for (i = 0; i < l->norigins; i++)
-			if (strcasecmp(origin, l->allowed_origins[i]) == 0)
+			if (strcmp(l->allowed_origins[i], "*") == 0 ||
+			    strcasecmp(origin, l->allowed_origins[i]) == 0)
 				return true;
 		return false;
 	}
@@ -719,10 +742,14 @@ ws_head(struct session *c, struct ws *st, const struct http_request *r)
 	    http_header(r, "Sec-WebSocket-Key") == NULL)) {
 		/* a plain request: a page, or a hint */
 		if (c->svc->http == NULL) {
-			http_error(c, st, 426, "Upgrade: websocket\r\n"
-			    "Sec-WebSocket-Version: 13\r\n",
-			    "This is a WebSocket endpoint: connect with a WebSocket "
-			    "client (ws://).\n");
+			static const char hint[] = "This is a WebSocket endpoint: "
+			    "connect with a WebSocket client (ws://).\n";
+
+			/* a question asked in good faith, not an error */
+			(void)http_respond(c, 426, "text/plain; charset=utf-8",
+			    "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+			    hint, sizeof(hint) - 1, false, false);
+			finish(c, st);
 			return -1;
 		}
 		pthread_mutex_lock(&c->out_lock);

@@ -796,6 +796,17 @@ config_build(struct ctx *ctx, config_t *lc)
 		} else {
 			parse_group(ctx, cs, svc->name, svc->settings, cfg->service_conf[i]);
 		}
+		if (svc->check != NULL) {
+			const char *key = NULL;
+			char msg[300];
+
+			if (svc->check(cfg->service_conf[i], &key, msg, sizeof(msg)) != 0)
+				cfg_error(ctx, cs != NULL && key != NULL &&
+				    config_setting_type(cs) == CONFIG_TYPE_GROUP &&
+				    config_setting_get_member(cs, key) != NULL ?
+				    config_setting_get_member(cs, key) : cs,
+				    "'%s.%s' %s", svc->name, key != NULL ? key : "?", msg);
+		}
 	}
 
 	cs = config_setting_get_member(root, "listeners");

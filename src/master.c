@@ -24,6 +24,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "chan.h"
 #include "iplimit.h"
 #include "listener.h"
 #include "log.h"
@@ -104,6 +105,7 @@ static struct {
 	uint64_t	 wd_interval_ms;
 	uint64_t	 wd_last_ms;
 	char		 note[300];	/* shown after the counts in STATUS= */
+	int		 chat_link;	/* CHAN_LINK_*, as last logged */
 } M;
 
 /* ---- helpers ---- */
@@ -148,8 +150,8 @@ update_status(bool force)
 {
 	struct sb_totals t;
 	uint64_t now = now_ms();
-	char counts[160];
-	int n;
+	char counts[200];
+	int link, n;
 
 	if (!force && now - M.last_status_ms < STATUS_EVERY_MS)
 		return;
@@ -158,6 +160,19 @@ update_status(bool force)
 	n = live_workers(M.cur.id, true);
 	snprintf(counts, sizeof(counts), "%d worker%s, %ld client%s, %llu served",
 	    n, PLURAL(n), t.conns, PLURAL(t.conns), (unsigned long long)t.served);
+	link = chan_link();
+	if (link != M.chat_link) {
+		/* said once for the whole host, not by each worker */
+		if (link == CHAN_LINK_DOWN)
+			log_warnx("chat: Redis cannot be reached: chat stays within this "
+			    "host until it can (retrying)");
+		else if (link == CHAN_LINK_UP && M.chat_link == CHAN_LINK_DOWN)
+			log_info("chat: Redis can be reached again: chat spans the hosts");
+		M.chat_link = link;
+	}
+	if (link == CHAN_LINK_DOWN)
+		strncat(counts, ", chat link to other hosts down",
+		    sizeof(counts) - strlen(counts) - 1);
 	if (M.stopping)
 		notify_status("stopping: %ld client%s left", t.conns, PLURAL(t.conns));
 	else if (M.note[0] != '\0')

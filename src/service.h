@@ -29,6 +29,13 @@ struct service {
 	 * line's worth: max_output must hold it (checked with the config) */
 	size_t		 max_reply;
 
+	/*
+	 * Checks across the service's settings once they are parsed; optional.
+	 * On a problem: -1, *key names the setting to blame (its line is
+	 * reported) and msg says what is wrong.
+	 */
+	int		(*check)(const void *conf, const char **key, char *msg,
+			    size_t len);
 	/* in the master before workers are forked (again on reload); optional */
 	int		(*master_init)(const struct fk_config *, const void *conf);
 	/* once per worker process, after the config is loaded; optional */

@@ -11,6 +11,7 @@
  * asks whether the listener speaks WebSocket.
  */
 #include <ctype.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -28,6 +29,7 @@
 #include "codec.h"
 #include "config.h"
 #include "log.h"
+#include "redis_proto.h"
 #include "service.h"
 
 #define NAME_MAX_LEN	CHAT_NAME_MAX
@@ -49,8 +51,21 @@ struct chat_conf {
 	char	*default_room;
 	int	 max_rooms;
 	int	 max_members;
-	int	 format;	/* enum chat_format */
+	int	 layer;			/* LAYER_* */
+	char	*redis_address;
+	char	*redis_prefix;
+	char	*redis_password_file;
+	int	 presence_lease;	/* seconds */
+	int	 redis_timeout;		/* milliseconds */
+	int	 redis_queue;
+	int	 format;		/* enum chat_format */
 };
+
+enum { LAYER_LOCAL, LAYER_REDIS };
+static const char *const layer_names[] = { "local", "redis", NULL };
+
+/* read by the master (it may be readable by the starting user only) */
+static char	 redis_password[512];
 
 static const struct setting chat_settings[] = {
 	{ "default_room", SET_STRING, offsetof(struct chat_conf, default_room), 0,
@@ -59,10 +74,46 @@ static const struct setting chat_settings[] = {
 	    NULL, NULL },
 	{ "max_members", SET_INT, offsetof(struct chat_conf, max_members), 1, 100000, 1000,
 	    NULL, NULL },
+	{ "layer", SET_ENUM, offsetof(struct chat_conf, layer), 0, 0, LAYER_LOCAL,
+	    NULL, layer_names },
+	{ "redis_address", SET_STRING, offsetof(struct chat_conf, redis_address), 0,
+	    200, 0, "127.0.0.1:6379", NULL },
+	{ "redis_prefix", SET_STRING, offsetof(struct chat_conf, redis_prefix), 0,
+	    RP_PREFIX_MAX, 0, "forkd", NULL },
+	{ "redis_password_file", SET_STRING,
+	    offsetof(struct chat_conf, redis_password_file), 0, 1024, 0, "", NULL },
+	{ "presence_lease", SET_INT, offsetof(struct chat_conf, presence_lease), 1, 3600,
+	    15, NULL, NULL },
+	{ "redis_timeout", SET_INT, offsetof(struct chat_conf, redis_timeout), 10, 60000,
+	    500, NULL, NULL },
+	{ "redis_queue", SET_INT, offsetof(struct chat_conf, redis_queue), 1, 1000000,
+	    10000, NULL, NULL },
 	{ "format", SET_ENUM, offsetof(struct chat_conf, format), 0, 0, FORMAT_AUTO,
 	    NULL, format_names },
 	{ NULL, 0, 0, 0, 0, 0, NULL, NULL }
 };
+
+static int
+chat_check(const void *vconf, const char **key, char *msg, size_t len)
+{
+	const struct chat_conf *conf = vconf;
+	struct rp_addr a;
+	char why[200];
+
+	if (rp_parse_address(conf->redis_address, &a, why, sizeof(why)) != 0) {
+		*key = "redis_address";
+		snprintf(msg, len, "is not a Redis address: %s (got '%s')", why,
+		    conf->redis_address);
+		return -1;
+	}
+	if (!rp_valid_prefix(conf->redis_prefix)) {
+		*key = "redis_prefix";
+		snprintf(msg, len, "must be 1-%d letters, digits, '_', '-', '.' or ':'",
+		    RP_PREFIX_MAX);
+		return -1;
+	}
+	return 0;
+}
 
 struct member {
 	struct session	*s;
@@ -191,6 +242,40 @@ static void
 deliver_remote(const char *room, const char *bytes, size_t len)
 {
 	deliver_local(room, bytes, len, NULL);
+}
+
+/*
+ * From the channel layer: news for everyone (the link to other hosts), as
+ * a text line.  Each room gets it in each form once.
+ */
+static void
+notice_all(const char *line, size_t len)
+{
+	struct chat_event ev;
+	struct lroom *r;
+	struct member *m;
+	int i;
+
+	chat_event_decode(line, len, &ev);
+	pthread_mutex_lock(&rooms_lock);
+	for (i = 0; i < ROOM_BUCKETS; i++) {
+		for (r = buckets[i]; r != NULL; r = r->next) {
+			struct rendering forms[2] = { { NULL, 0, false }, { NULL, 0, false } };
+
+			for (m = r->head; m != NULL; m = m->next) {
+				const struct rendering *f = render(&forms[m->json], &ev, r->name,
+				    m->json);
+
+				if (f->buf == NULL)
+					continue;
+				session_send(m->s, f->buf, f->len);
+				session_wake(m->s);
+			}
+			free(forms[0].buf);
+			free(forms[1].buf);
+		}
+	}
+	pthread_mutex_unlock(&rooms_lock);
 }
 
 /* An event in a room: to this worker's members, then to everyone else's. */
@@ -813,11 +898,25 @@ chat_line(struct session *s, char *line, size_t len)
 }
 
 static int
-chat_master_init(const struct fk_config *cfg, const void *conf)
+chat_master_init(const struct fk_config *cfg, const void *vconf)
 {
+	const struct chat_conf *conf = vconf;
+	char err[300], pw[sizeof(redis_password)] = "";
+
 	(void)cfg;
-	(void)conf;
-	return chan_setup();
+	/* a failed reload leaves the running password to respawned workers */
+	if (conf->layer == LAYER_REDIS && conf->redis_password_file[0] != '\0' &&
+	    rp_read_secret(conf->redis_password_file, pw, sizeof(pw), err,
+	    sizeof(err)) != 0) {
+		log_warnx("chat.redis_password_file: %s", err);
+		errno = EACCES;
+		return -1;
+	}
+	if (chan_setup() != 0)
+		return -1;
+	memcpy(redis_password, pw, sizeof(pw));
+	explicit_bzero(pw, sizeof(pw));
+	return 0;
 }
 
 static int
@@ -829,6 +928,21 @@ chat_worker_init(const struct fk_config *cfg, const void *vconf, int slot)
 	list_max = (size_t)cfg->max_output / 4;
 	if (list_max > LIST_MAX)
 		list_max = LIST_MAX;
+	if (conf->layer == LAYER_REDIS) {
+		struct chan_redis r = {
+			.address = conf->redis_address,
+			.prefix = conf->redis_prefix,
+			.password = redis_password,
+			.lease_ms = conf->presence_lease * 1000,
+			.timeout_ms = conf->redis_timeout,
+			.queue = conf->redis_queue,
+		};
+
+		if (chan_use_redis(&r, notice_all) != 0) {
+			log_warn("chat: cannot set up the Redis layer");
+			return -1;
+		}
+	}
 	if (chan_start(slot, &lim, deliver_remote) != 0) {
 		log_warn("chat: cannot start the channel layer");
 		return -1;
@@ -841,6 +955,7 @@ const struct service service_chat = {
 	.settings = chat_settings,
 	.conf_size = sizeof(struct chat_conf),
 	.session_size = sizeof(struct member),
+	.check = chat_check,
 	.master_init = chat_master_init,
 	.worker_init = chat_worker_init,
 	.open = chat_open,

@@ -7,6 +7,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "chan.h"
 #include "codec.h"
 #include "scoreboard.h"
 #include "service.h"
@@ -64,6 +65,19 @@ stats_all(struct session *s)
 	    (unsigned long long)atomic_load(&scoreboard->reloads));
 	session_reply(s, "STAT reload_failures %llu",
 	    (unsigned long long)atomic_load(&scoreboard->reload_failures));
+	{
+		static const char *const link_names[] = { "none", "down", "up" };
+		struct chan_counters cc;
+		int link = chan_link();
+
+		/* "none": this host's chat has no other hosts (chat.layer "local") */
+		chan_counters(&cc);
+		session_reply(s, "STAT chat_redis_link %s", link_names[link]);
+		session_reply(s, "STAT chat_redis_published %llu", cc.published);
+		session_reply(s, "STAT chat_redis_received %llu", cc.received);
+		session_reply(s, "STAT chat_redis_lost %llu", cc.lost);
+		session_reply(s, "STAT chat_redis_links %llu", cc.links);
+	}
 	for (i = 0; i < FK_MAX_SLOTS; i++) {
 		struct sb_slot *w = &scoreboard->slot[i];
 		int st = atomic_load(&w->state);

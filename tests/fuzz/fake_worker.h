@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "chan.h"
+#include "codec.h"
 #include "config.h"
 #include "conn.h"
 #include "scoreboard.h"
@@ -88,6 +89,7 @@ fake_session_open(struct worker *w, struct session *s, const struct service *svc
 	s->svc = svc;
 	s->svc_idx = service_index(svc);
 	s->svc_conf = conf;
+	s->codec = &codec_line;		/* replies pass through as they are */
 	s->fd = -1;
 	s->closing = false;
 	atomic_store(&s->kill, KILL_NONE);

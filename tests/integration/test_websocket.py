@@ -362,6 +362,14 @@ def test_allowed_origins(forkd_factory):
     wait_until(lambda: "a.example.evil" in d.log(), what="the refusal in the log")
 
 
+def test_allowed_origins_star_lets_any_origin_in(forkd_factory):
+    d = forkd_factory([{"service": "echo", "protocol": "websocket",
+                        "allowed_origins": ["*"]}], workers=1, threads=2)
+    r = Raw(d.port).handshake(extra="Origin: https://anywhere.example\r\n")
+    r.send(frame(1, b"hi"))
+    assert r.text() == "Echo: hi"
+
+
 # ---- frames ----
 
 @pytest.mark.parametrize("name,data", [
@@ -527,3 +535,40 @@ def test_chat_from_telnet_reaches_websocket_as_valid_utf8(forkd_factory):
         if "end" in l:
             break
     assert l.endswith("caf\u00e9 \ufffd\ufffd end"), l
+
+
+def test_tutorial_client_chats_in_a_room(forkd_factory):
+    """websocket-client's WebSocketApp, as the chat tutorial's client runs it,
+    on ws://HOST:PORT/websock1/: what one member sends reaches the other."""
+    need(wsclient, "websocket")
+    import threading
+    d = forkd_factory([{"service": "chat", "protocol": "websocket"}], workers=2, threads=4)
+    url = f"ws://127.0.0.1:{d.port}/websock1/"
+    got = {"a": [], "b": []}
+    closed = {}
+    apps = {}
+
+    def run(name):
+        app = wsclient.WebSocketApp(
+            url,
+            on_message=lambda ws, msg: got[name].append(msg),
+            on_close=lambda ws, code, reason: closed.setdefault(name, code))
+        apps[name] = app
+        app.run_forever()
+
+    threads = [threading.Thread(target=run, args=(n,), daemon=True) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for n in ("a", "b"):
+        wait_until(lambda: any(m.startswith("* commands:") for m in got[n]),
+                   what=f"{n}'s greeting")
+    apps["a"].send("/nick alice")
+    wait_until(lambda: "* you are now alice" in got["a"], what="the new nick")
+    apps["a"].send("hello room")
+    wait_until(lambda: "[alice] hello room" in got["b"], what="the message at b")
+    apps["b"].send("/quit")
+    wait_until(lambda: "b" in closed, what="b's close")
+    assert closed["b"] == 1000
+    apps["a"].close()
+    for t in threads:
+        t.join(5)

@@ -86,8 +86,15 @@ test_codec_edges(void)
 	CHECK(chat_event_encode(buf, 13, &ev) == 13, "an exact buffer is enough");
 	/* a text line from a layer that speaks text is a notice */
 	chat_event_decode("* the link is back\r\n", 20, &back);
-	CHECK(back.kind == CHAT_NOTICE && back.text_len == 18 &&
-	    memcmp(back.text, "* the link is back", 18) == 0, "plain line as notice");
+	CHECK(back.kind == CHAT_NOTICE && back.text_len == 16 &&
+	    memcmp(back.text, "the link is back", 16) == 0, "plain line as notice");
+	out = chat_event_text(&back, "r", &len);
+	CHECK(out != NULL && len == 20 && memcmp(out, "* the link is back\r\n", 20) == 0,
+	    "a notice line renders back the same");
+	free(out);
+	chat_event_decode("no star\n", 8, &back);
+	CHECK(back.kind == CHAT_NOTICE && back.text_len == 7 &&
+	    memcmp(back.text, "no star", 7) == 0, "a line without the star");
 	/* a mark without a NUL, or an unknown kind, is not an event */
 	chat_event_decode("\x1eMalice", 7, &back);
 	CHECK(back.kind == CHAT_NOTICE && back.text_len == 7, "no NUL: notice");
