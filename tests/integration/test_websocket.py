@@ -4,6 +4,7 @@ the exact HTTP status or close code."""
 import asyncio
 import base64
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -539,7 +540,8 @@ def test_chat_from_telnet_reaches_websocket_as_valid_utf8(forkd_factory):
 
 def test_tutorial_client_chats_in_a_room(forkd_factory):
     """websocket-client's WebSocketApp, as the chat tutorial's client runs it,
-    on ws://HOST:PORT/websock1/: what one member sends reaches the other."""
+    on ws://HOST:PORT/websock1/: what one member sends reaches the other, in
+    the JSON the chat gives WebSocket members."""
     need(wsclient, "websocket")
     import threading
     d = forkd_factory([{"service": "chat", "protocol": "websocket"}], workers=2, threads=4)
@@ -560,12 +562,14 @@ def test_tutorial_client_chats_in_a_room(forkd_factory):
     for t in threads:
         t.start()
     for n in ("a", "b"):
-        wait_until(lambda: any(m.startswith("* commands:") for m in got[n]),
+        wait_until(lambda: any(json.loads(m).get("event") == "welcome" for m in got[n]),
                    what=f"{n}'s greeting")
     apps["a"].send("/nick alice")
-    wait_until(lambda: "* you are now alice" in got["a"], what="the new nick")
+    wait_until(lambda: any(json.loads(m).get("text") == "you are now alice"
+                           for m in got["a"]), what="the new nick")
     apps["a"].send("hello room")
-    wait_until(lambda: "[alice] hello room" in got["b"], what="the message at b")
+    want = {"payload": {"message": "hello room", "nick": "alice", "room": "websock1"}}
+    wait_until(lambda: want in [json.loads(m) for m in got["b"]], what="the message at b")
     apps["b"].send("/quit")
     wait_until(lambda: "b" in closed, what="b's close")
     assert closed["b"] == 1000
