@@ -993,6 +993,8 @@ ws_close(struct session *c)
 	free(st->bin);
 	free(st->frame);
 	free(st);
+	free(c->resource);
+	c->resource = NULL;
 }
 
 const struct codec codec_websocket = {

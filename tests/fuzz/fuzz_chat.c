@@ -13,7 +13,8 @@
  * Session 2 speaks JSON (format = "json"), the others text.
  * After every step each session's queued output is taken and checked: a
  * sequence of whole lines, each ending in "\r\n", no bare '\n', never more
- * than max_output; the JSON session's lines are each one JSON object.  A session whose queue overflowed, or that said /quit,
+ * than max_output; the JSON session's lines are each one JSON object (but
+ * for the "Bye" that ends a session).  A session whose queue overflowed, or that said /quit,
  * is closed the way the connection layer would close it.  At the end every
  * session is closed and freed, and nothing may be left in the member table.
  *
@@ -138,12 +139,17 @@ drain(struct session *s)
 			abort();
 	for (i = 0; s - sess == JSON_SESS && i < n; ) {
 		const char *eol = memchr(p + i, '\n', n - i);
-		json_t *j = json_loadb(p + i, (size_t)(eol - (p + i)) - 1, 0, NULL);
+		size_t llen = (size_t)(eol - (p + i)) - 1;
+		json_t *j;
 
+		i = (size_t)(eol - p) + 1;
+		/* the session layer's own goodbye to /quit is its last line */
+		if (llen == 3 && memcmp(eol - 4, "Bye", 3) == 0 && i == n)
+			continue;
+		j = json_loadb(eol - 1 - llen, llen, 0, NULL);
 		if (j == NULL || !json_is_object(j))
 			abort();
 		json_decref(j);
-		i = (size_t)(eol - p) + 1;
 	}
 	if (trace && n > 0)
 		fprintf(stderr, "[session %d]\n%.*s", (int)(s - sess), (int)n, p);
