@@ -258,3 +258,47 @@ def test_slow_websocket_member_is_dropped(forkd_factory):
     # the room and the flooder go on
     t.send("/who\n")
     telnet_until(t, "* websock1 (1): flood")
+
+
+def test_browser_members_and_telnet_members_on_two_hosts(forkd_factory, tmp_path):
+    """Chat through Redis: a WebSocket member on one host and a telnet member
+    on another share a room; each host renders for its own members, and the
+    link notices reach a WebSocket member as JSON."""
+    from test_redis import REDIS, Redis
+    if REDIS is None:
+        pytest.skip("SKIPPED LOUDLY: redis-server is not installed: chat across "
+                    "hosts for WebSocket members is NOT tested")
+    redis = Redis(tmp_path).start()
+    try:
+        conf = {"layer": "redis", "redis_address": f"127.0.0.1:{redis.port}",
+                "presence_lease": 2, "redis_timeout": 1000}
+        hosts = []
+        for _ in range(2):
+            d = forkd_factory([{"service": "chat", "port": free_port(),
+                                "protocol": "websocket"},
+                               {"service": "chat", "port": free_port()}],
+                              workers=2, threads=4, chat=conf)
+            d.ws_port, d.line_port = d.listeners[0]["port"], d.listeners[1]["port"]
+            hosts.append(d)
+        a, b = hosts
+        w = WsMember(a)
+
+        def both_listed():
+            t.send("/who\n")
+            while True:
+                l = t.line(10)
+                if l.startswith("* websock1 ("):
+                    return set(l.split(": ", 1)[1].split(", ")) == {w.nick, "tom"}
+        t = telnet(b, nick="tom")
+        wait_until(both_listed, 15, "both hosts' members in /who")
+        w.ws.send("across hosts")
+        telnet_until(t, f"[{w.nick}] across hosts")
+        t.send("and back\n")
+        assert w.payload("and back") == {"message": "and back", "nick": "tom",
+                                         "room": "websock1"}
+        redis.kill()
+        o = w.until(lambda o: o.get("event") == "notice", "the link notice")
+        assert o["room"] == "websock1"
+        assert o["text"].startswith("other hosts are out of reach")
+    finally:
+        redis.stop()
