@@ -100,7 +100,7 @@ session_send(struct session *c, const void *buf, size_t n)
 	bool ok;
 
 	pthread_mutex_lock(&c->out_lock);
-	if (!atomic_load_explicit(&c->open, memory_order_relaxed))
+	if (!atomic_load_explicit(&c->open, memory_order_relaxed) || c->out_dying)
 		ok = true;
 	else if (c->codec->output != NULL)
 		ok = c->codec->output(c, buf, n);
@@ -365,6 +365,9 @@ conn_die(struct session *c, enum conn_kill why)
 		pthread_mutex_lock(&c->out_lock);
 		c->out_off = c->out_len = 0;	/* what it never read is lost anyway */
 		c->out_full = false;
+		/* and what others still send it (chat deliveries) must not slip
+		 * in before its last words: the client would see a gap */
+		c->out_dying = true;
 		pthread_mutex_unlock(&c->out_lock);
 	}
 	if (why != KILL_SEND_TIMEOUT) {
@@ -602,7 +605,7 @@ conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer, bool ip
 	atomic_store(&c->tick_due, false);
 	atomic_store(&c->idle_ms, (uint64_t)l->idle_timeout * 1000);
 	c->closing = c->eof = false;
-	c->out_full = false;
+	c->out_full = c->out_dying = false;
 	atomic_store(&c->kill, KILL_NONE);
 	atomic_store(&c->stalled_ms, 0);
 	atomic_store(&c->last_line_ms, now);

@@ -61,6 +61,7 @@ struct session {
 	char			*out;
 	size_t			 out_len, out_off, out_cap;
 	bool			 out_full;
+	bool			 out_dying;	/* dropped as too slow: service output is discarded */
 
 	struct sockaddr_storage	 peer_addr;
 	bool			 ip_counted;	/* holds a max_connections_per_ip slot */

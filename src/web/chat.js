@@ -7,6 +7,9 @@
 
 (function () {
   var RETRY_MIN = 500, RETRY_MAX = 15000;
+  /* bytes of one request; the server's max_line is 8192 by default, and a
+   * longer message would end the connection (close code 1009) */
+  var REQUEST_MAX = 8000;
 
   var logEl = document.getElementById('log');
   var membersEl = document.getElementById('members');
@@ -88,8 +91,14 @@
   }
 
   function send(obj) {
+    var text = JSON.stringify(obj);
+    if (new TextEncoder().encode(text).length > REQUEST_MAX) {
+      line('err', null, 'too long to send (at most about ' + REQUEST_MAX + ' bytes)');
+      return false;
+    }
     if (ws && ws.readyState === WebSocket.OPEN)
-      ws.send(JSON.stringify(obj));
+      ws.send(text);
+    return true;
   }
 
   function askWho(byUser) {
@@ -242,9 +251,10 @@
         stopped = true;
       if (cmd === 'who')
         showWho = true;
-      send(arg ? { command: cmd, arg: arg } : { command: cmd });
-    } else {
-      send({ message: text });
+      if (!send(arg ? { command: cmd, arg: arg } : { command: cmd }))
+        return;
+    } else if (!send({ message: text })) {
+      return;
     }
     input.value = '';
   });

@@ -175,6 +175,17 @@ def test_two_browsers_and_telnet_share_a_room(forkd_factory, browsers):
     wait_until(lambda: any(w is None and t.startswith("bad nick") for w, t in log_lines(a)),
                10, "the bad nick error")
     assert text_of(a, "#nick") == "alice"
+    # a message longer than a request may be is refused on the page, which
+    # stays connected (sent, it would end the connection with 1009)
+    say(a, '"' * 4500)
+    wait_until(lambda: any(w is None and t.startswith("too long to send")
+                           for w, t in log_lines(a)), 10, "the too-long error")
+    # the text stays in the box to be cut down
+    assert len(a.find_element(By.ID, "input").get_attribute("value")) == 4500
+    a.find_element(By.ID, "input").clear()
+    say(a, "still here")
+    wait_until(lambda: ("alice", "still here") in log_lines(b), 10, "a message after it")
+    assert text_of(a, "#status") == "connected"
 
     assert csp_reports(a) == [] and csp_reports(b) == [], csp_reports(a) + csp_reports(b)
     os.makedirs(ARTEFACTS, exist_ok=True)
