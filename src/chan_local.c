@@ -133,8 +133,8 @@ alive(const struct presence *e)
 static void
 drop_entry(struct presence *e)
 {
-	if (shm->rooms[e->room].members > 0)
-		shm->rooms[e->room].members--;
+	if (shm->rooms[e->room].members > 0 && --shm->rooms[e->room].members == 0)
+		atomic_fetch_sub(&scoreboard->chat_rooms, 1);	/* metrics */
 	e->slot = -1;
 }
 
@@ -230,7 +230,8 @@ chan_local_join(const char *room, const char *nick)
 	e->pid = getpid();
 	e->room = (uint32_t)r;
 	snprintf(e->nick, sizeof(e->nick), "%s", nick);
-	shm->rooms[r].members++;
+	if (shm->rooms[r].members++ == 0)
+		atomic_fetch_add(&scoreboard->chat_rooms, 1);	/* metrics */
 out:
 	unlock();
 	return rc;
@@ -506,6 +507,7 @@ chan_local_publish(const char *room, const char *line, size_t len)
 
 			/* a worker that cannot keep up loses lines, never stalls us */
 			atomic_fetch_add(&dropped, 1);
+			sb_count(&scoreboard->slot[my_slot].chat_dropped, 1);	/* metrics */
 			if (now - atomic_load(&dropped_logged_ms) > 10000) {
 				atomic_store(&dropped_logged_ms, now);
 				log_warnx("chat: worker %d is not keeping up: %llu lines dropped "

@@ -40,9 +40,14 @@ struct codec {
 	 * Bytes from the socket (data may be modified in place).  Hand each
 	 * complete request to conn_request(); write protocol replies (pongs,
 	 * HTTP answers) with conn_write().  Return -1 to stop reading this
-	 * batch: the session is closing (c->closing or a kill was requested).
+	 * batch: the session is closing (c->closing or a kill was requested),
+	 * or, with can_hold, conn_request returned -1 because the request's
+	 * work was offloaded (c->held): then set c->in_used to the bytes of
+	 * data taken so far; conn.c keeps the rest and feeds it again later.
 	 */
 	int		(*input)(struct session *, char *data, size_t n);
+	/* input stops where a request was offloaded (see above) */
+	bool		 can_hold;
 	/*
 	 * Service output to wire bytes, with c->out_lock held: append with
 	 * conn_write_locked().  false when the queue would pass max_output

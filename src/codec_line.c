@@ -38,14 +38,19 @@ on_request(void *arg, char *req, size_t len)
 static int
 line_input(struct session *c, char *data, size_t n)
 {
-	return framer_feed(&c->in, data, n, on_request, c);
+	if (framer_feed(&c->in, data, n, on_request, c) < 0) {
+		c->in_used = c->in.used;
+		return -1;
+	}
+	return 0;
 }
 
 static int
 chunk_input(struct session *c, char *data, size_t n)
 {
-	if (framer_feed(&c->in, data, n, on_request, c) < 0)
+	if (line_input(c, data, n) < 0)
 		return -1;
+	c->in_used = n;
 	return framer_flush(&c->in, on_request, c);
 }
 
@@ -53,12 +58,14 @@ const struct codec codec_line = {
 	.name = "line",
 	.open = line_open,
 	.input = line_input,
+	.can_hold = true,
 };
 
 const struct codec codec_chunk = {
 	.name = "chunk",
 	.open = line_open,
 	.input = chunk_input,
+	.can_hold = true,
 };
 
 const struct codec *
@@ -68,6 +75,7 @@ codec_for(int protocol)
 	case PROTO_LINE:	return &codec_line;
 	case PROTO_CHUNK:	return &codec_chunk;
 	case PROTO_WEBSOCKET:	return &codec_websocket;
+	case PROTO_HTTP:	return &codec_http;
 	default:		return NULL;
 	}
 }

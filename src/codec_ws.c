@@ -15,7 +15,8 @@
  *    a close without a code: such a close is not sent, 1002 is;
  *  - a close with a 1-byte payload passes as one without a code: 1002;
  *  - it checks the close reason's UTF-8 by chunks of the frame, skipping
- *    two bytes of each: the reason is checked again here as a whole (1007);
+ *    two bytes of each: control frames are handed to it whole (see struct
+ *    tracker), and the reason is checked again here as a whole (1007);
  *  - a peer's close is answered from here with its code (the reason is not
  *    echoed), so that the checks above come first.
  *
@@ -53,6 +54,22 @@
 
 enum ws_phase { PH_HTTP, PH_WS };
 
+/*
+ * Frame boundaries in the client's byte stream (headers only; payloads are
+ * wslay's).  wslay checks a close reason's UTF-8 chunk by chunk, restarting
+ * two bytes into each chunk, so a close frame it gets in two pieces (cut by
+ * a read, or by the end of its 4 KiB buffer) can fail a valid reason.  So
+ * control frames are handed over whole: held back until all of one has
+ * arrived, and never cut by the end of what a recv callback returns.
+ */
+#define WS_CTL_MAX	(2 + 4 + 125)	/* a valid control frame, masked */
+
+struct tracker {
+	unsigned char	 hdr[14];	/* the header being read */
+	size_t		 hlen, hneed;	/* hlen 0 and rem 0: at a frame's start */
+	uint64_t	 rem;		/* payload bytes left of this frame */
+};
+
 struct ws {
 	enum ws_phase		 phase;
 	bool			 done;		/* we ended it: input is ignored */
@@ -66,6 +83,9 @@ struct ws {
 	wslay_event_context_ptr	 ctx;
 	const char		*in;		/* input() bytes for the recv callback */
 	size_t			 in_len;
+	struct tracker		 trk;		/* where the frames handed to wslay end */
+	unsigned char		 carry[WS_CTL_MAX]; /* a control frame not all here */
+	size_t			 carry_len;
 	char			*req;		/* max_line + 1: a text message, NUL-ended */
 	uint64_t		 last_rx_ms;	/* a frame came in */
 	uint64_t		 ping_sent_ms;	/* 0: no ping outstanding */
@@ -381,23 +401,130 @@ ws_output(struct session *c, const char *buf, size_t n)
 
 /* ---- wslay's side ---- */
 
+/* Header bytes of a frame whose second byte is b1. */
+static size_t
+hdr_len(unsigned char b1)
+{
+	unsigned len7 = b1 & 0x7f;
+
+	return 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + ((b1 & 0x80) ? 4 : 0);
+}
+
+/* The payload length in a complete header. */
+static uint64_t
+hdr_payload(const unsigned char *h)
+{
+	unsigned len7 = h[1] & 0x7f;
+	uint64_t len = 0;
+	size_t i;
+
+	if (len7 < 126)
+		return len7;
+	for (i = 0; i < (len7 == 126 ? 2u : 8u); i++)
+		len = len << 8 | h[2 + i];
+	return len;
+}
+
+/* t moves over n bytes of the stream. */
+static void
+trk_advance(struct tracker *t, const unsigned char *p, size_t n)
+{
+	while (n > 0) {
+		if (t->rem > 0) {
+			size_t k = t->rem < n ? (size_t)t->rem : n;
+
+			t->rem -= k;
+			p += k;
+			n -= k;
+			continue;
+		}
+		if (t->hlen == 0 && n >= 2 && n >= hdr_len(p[1])) {
+			/* a whole header here */
+			size_t hl = hdr_len(p[1]);
+
+			t->rem = hdr_payload(p);
+			p += hl;
+			n -= hl;
+			continue;
+		}
+		/* a header cut between two reads: byte by byte */
+		t->hdr[t->hlen++] = *p++;
+		n--;
+		if (t->hlen == 2)
+			t->hneed = hdr_len(t->hdr[1]);
+		if (t->hlen >= 2 && t->hlen == t->hneed) {
+			t->rem = hdr_payload(t->hdr);
+			t->hlen = 0;
+		}
+	}
+}
+
+/*
+ * How many of the next n bytes may go to wslay: all, or up to the start
+ * of a control frame that does not end within them.
+ */
+static size_t
+trk_limit(const struct tracker *t0, const unsigned char *p, size_t n)
+{
+	struct tracker t = *t0;
+	size_t pos = 0;
+
+	/* the rest of the frame under way */
+	while (pos < n && (t.hlen > 0 || t.rem > 0)) {
+		size_t k = t.rem > 0 ? (t.rem < n - pos ? (size_t)t.rem : n - pos) : 1;
+
+		trk_advance(&t, p + pos, k);
+		pos += k;
+	}
+	/* whole frames from here on */
+	while (pos < n) {
+		size_t hl;
+		uint64_t plen;
+
+		if ((p[pos] & 0x80) != 0 && (p[pos] & 0x0f) >= 8) {
+			if (pos + 1 >= n)
+				return pos;
+			/* one over 125 bytes is refused by its header anyway */
+			if ((p[pos + 1] & 0x7f) <= 125 &&
+			    pos + hdr_len(p[pos + 1]) + (p[pos + 1] & 0x7f) > n)
+				return pos;
+		}
+		if (n - pos < 2 || n - pos < (hl = hdr_len(p[pos + 1])))
+			return n;	/* the start of a data frame's header */
+		plen = hdr_payload(p + pos);
+		if (plen >= n - pos - hl)
+			return n;
+		pos += hl + (size_t)plen;
+	}
+	return n;
+}
+
 static ssize_t
 ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
     void *arg)
 {
 	struct ws *st = arg;
 
+	const unsigned char *in = (const unsigned char *)st->in;
+	size_t n;
+
 	(void)flags;
-	if (st->in_len == 0) {
+	if (len > st->in_len)
+		len = st->in_len;
+	n = trk_limit(&st->trk, in, len);
+	if (n == 0 && len > 0 && len < st->in_len &&
+	    trk_limit(&st->trk, in, st->in_len) > 0)
+		n = len;	/* whole but bigger than wslay's room: cut it */
+	if (n == 0) {
+		/* nothing, or only the start of a control frame: wait */
 		wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
 		return -1;
 	}
-	if (len > st->in_len)
-		len = st->in_len;
-	memcpy(buf, st->in, len);
-	st->in += len;
-	st->in_len -= len;
-	return (ssize_t)len;
+	memcpy(buf, in, n);
+	trk_advance(&st->trk, in, n);
+	st->in += n;
+	st->in_len -= n;
+	return (ssize_t)n;
 }
 
 /* wslay's pongs and closes; called from the owner with out_lock held */
@@ -563,13 +690,38 @@ fail(struct session *c, struct ws *st)
 static int
 ws_frames(struct session *c, struct ws *st, char *data, size_t n)
 {
+	char *joined = NULL;
 	int r;
 
+	if (st->carry_len > 0) {
+		/* the start of a control frame came with the last read */
+		if ((joined = malloc(st->carry_len + n)) == NULL) {
+			send_close(c, st, 1011, NULL);
+			fail(c, st);
+			return -1;
+		}
+		memcpy(joined, st->carry, st->carry_len);
+		memcpy(joined + st->carry_len, data, n);
+		data = joined;
+		n += st->carry_len;
+		st->carry_len = 0;
+	}
 	st->in = data;
 	st->in_len = n;
 	r = wslay_event_recv(st->ctx);
+	if (r == 0 && !st->stop && st->reply_close == WS_NO_CLOSE &&
+	    wslay_event_get_read_enabled(st->ctx) && st->in_len > 0) {
+		/* held back: part of one control frame, less than WS_CTL_MAX */
+		if (st->in_len > sizeof(st->carry))
+			r = WSLAY_ERR_PROTO;
+		else {
+			memcpy(st->carry, st->in, st->in_len);
+			st->carry_len = st->in_len;
+		}
+	}
 	st->in = NULL;
 	st->in_len = 0;
+	free(joined);
 	if (st->stop)
 		return -1;
 	if (st->reply_close != WS_NO_CLOSE) {

@@ -63,6 +63,7 @@ struct fk_listener {
 	struct sockaddr_storage addr;
 	socklen_t	 addrlen;
 	int		 line;		/* where it was defined */
+	int		 metrics_id;	/* its counters in the scoreboard (master) */
 };
 
 struct fk_config {

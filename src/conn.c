@@ -235,6 +235,90 @@ conn_begin(struct session *c)
 		c->svc->open(c);
 }
 
+/* ---- offloading work that may wait ---- */
+
+/*
+ * One thread per worker, started the first time a service needs it, runs
+ * the work sessions hand it, in order.  A session is held while its work is
+ * queued or running: its owner only flushes output, and a kill, its input
+ * and its EOF wait, so the service never sees two calls for it at once and
+ * the session is never closed under the work.  Each session has at most one
+ * item queued, so the queue is bounded by the worker's connections.
+ */
+struct offload {
+	struct session	*s;
+	void		(*fn)(struct session *, void *);
+	void		*arg;
+	struct offload	*next;
+};
+
+static pthread_mutex_t	 off_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t	 off_cond = PTHREAD_COND_INITIALIZER;
+static struct offload	*off_head, **off_tail = &off_head;
+static bool		 off_started;
+
+static void *
+offloader(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		struct offload *o;
+
+		pthread_mutex_lock(&off_lock);
+		while (off_head == NULL)
+			pthread_cond_wait(&off_cond, &off_lock);
+		o = off_head;
+		if ((off_head = o->next) == NULL)
+			off_tail = &off_head;
+		pthread_mutex_unlock(&off_lock);
+
+		o->fn(o->s, o->arg);
+		atomic_store(&o->s->held, false);
+		/* the owner (or the next pool thread) takes up what waited */
+		atomic_fetch_or(&o->s->state, ST_PEND);
+		session_wake(o->s);
+		free(o);
+	}
+	return NULL;
+}
+
+bool
+session_offload(struct session *c, void (*fn)(struct session *, void *), void *arg)
+{
+	struct offload *o;
+
+	if (!c->codec->can_hold || atomic_load(&c->held) || c->fd < 0)
+		return false;
+	if ((o = calloc(1, sizeof(*o))) == NULL)
+		return false;
+	o->s = c;
+	o->fn = fn;
+	o->arg = arg;
+	pthread_mutex_lock(&off_lock);
+	if (!off_started) {
+		pthread_t tid;
+		pthread_attr_t attr;
+
+		pthread_attr_init(&attr);
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		if (pthread_create(&tid, &attr, offloader, NULL) != 0) {
+			pthread_attr_destroy(&attr);
+			pthread_mutex_unlock(&off_lock);
+			free(o);
+			return false;
+		}
+		pthread_attr_destroy(&attr);
+		pthread_setname_np(tid, "forkd-offload");
+		off_started = true;
+	}
+	atomic_store(&c->held, true);
+	*off_tail = o;
+	off_tail = &o->next;
+	pthread_cond_signal(&off_cond);
+	pthread_mutex_unlock(&off_lock);
+	return true;
+}
+
 /* Write what is queued: 0 done or would block, -1 the socket is dead. */
 static int
 flush(struct session *c)
@@ -248,6 +332,7 @@ flush(struct session *c)
 
 		if (n > 0) {
 			c->out_off += (size_t)n;
+			sb_count(&SESSION_LC(c)->bytes_out, (uint64_t)n);	/* metrics */
 			continue;
 		}
 		if (n < 0 && errno == EINTR)
@@ -324,6 +409,9 @@ conn_close(struct session *c, enum conn_kill why)
 	c->cstate = NULL;
 	atomic_store(&c->tick_ms, 0);
 	atomic_store(&c->tick_due, false);
+	free(c->heldbuf);
+	c->heldbuf = NULL;
+	c->heldlen = 0;
 	framer_reset(&c->in);
 	free(c->data);
 	c->data = NULL;
@@ -336,6 +424,7 @@ conn_close(struct session *c, enum conn_kill why)
 	c->ip_counted = false;
 	atomic_fetch_sub_explicit(&sb->conns, 1, memory_order_relaxed);
 	atomic_fetch_sub_explicit(&sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
+	atomic_fetch_sub_explicit(&SESSION_LC(c)->conns, 1, memory_order_relaxed); /* metrics */
 	atomic_fetch_sub_explicit(&sb->proto_conns[c->l->protocol], 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&sb->closed[why], 1, memory_order_relaxed);
 	atomic_fetch_sub(&w->nconns, 1);
@@ -405,9 +494,52 @@ conn_request(struct session *c, char *line, size_t len)
 		return -1;
 	}
 	c->svc->line(c, line, len);
-	if (c->closing || atomic_load_explicit(&c->kill, memory_order_relaxed) != KILL_NONE)
+	if (c->closing || atomic_load_explicit(&c->kill, memory_order_relaxed) != KILL_NONE ||
+	    atomic_load(&c->held))
 		return -1;
 	return 0;
+}
+
+/*
+ * Bytes from the client to the codec.  0: go on reading; 1: stop (the
+ * session closes); 2: held, and the bytes after the held request are kept
+ * in heldbuf for later.
+ */
+static int
+feed(struct session *c, char *data, size_t n)
+{
+	int r;
+
+	c->lines = 0;
+	c->in_used = n;
+	r = c->codec->input(c, data, n);
+	if (c->lines > 0) {
+		atomic_fetch_add_explicit(&c->w->sb->requests, c->lines, memory_order_relaxed);
+		atomic_fetch_add_explicit(&c->w->sb->proto_requests[c->l->protocol],
+		    c->lines, memory_order_relaxed);
+		sb_count(&SESSION_LC(c)->requests, c->lines);	/* metrics */
+	}
+	if (c->closing || atomic_load_explicit(&c->kill, memory_order_relaxed))
+		return 1;
+	if (r < 0 && atomic_load(&c->held)) {
+		size_t rest = c->in_used < n ? n - c->in_used : 0;
+
+		if (rest > 0) {
+			/* data may be heldbuf itself */
+			char *nb = malloc(rest);
+
+			if (nb == NULL) {
+				conn_kill(c, KILL_OVERFLOW);
+				return 1;
+			}
+			memcpy(nb, data + c->in_used, rest);
+			free(c->heldbuf);
+			c->heldbuf = nb;
+			c->heldlen = rest;
+		}
+		return 2;
+	}
+	return r < 0 ? 1 : 0;
 }
 
 /* One round of work for the owner. */
@@ -419,6 +551,11 @@ conn_work(struct session *c)
 
 	if (!atomic_load(&c->open))
 		return;
+	if (atomic_load(&c->held)) {
+		/* its work is on the offload thread: only send what is ready */
+		flush(c);
+		return;
+	}
 	if ((why = atomic_exchange(&c->kill, KILL_NONE)) != KILL_NONE) {
 		conn_die(c, why);
 		return;
@@ -432,24 +569,37 @@ conn_work(struct session *c)
 		conn_close(c, KILL_NONE);
 		return;
 	}
+	/* what was read while a request was held comes first */
+	if (c->heldlen > 0 && !c->closing) {
+		char *held = c->heldbuf;
+		size_t len = c->heldlen;
+		int r;
+
+		c->heldbuf = NULL;
+		c->heldlen = 0;
+		r = feed(c, held, len);
+		free(held);
+		if (r == 2) {
+			flush(c);
+			return;
+		}
+	}
 	/* a client that does not read its replies is not read from either:
 	 * TCP pushes back on it and its queue stays bounded */
-	if (!c->closing && !out_pending(c)) {
+	if (!c->closing && !out_pending(c) && !atomic_load(&c->held)) {
 		for (;;) {
 			ssize_t n = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
 
 			if (n > 0) {
-				c->lines = 0;
-				c->codec->input(c, buf, (size_t)n);
-				if (c->lines > 0) {
-					atomic_fetch_add_explicit(&c->w->sb->requests, c->lines,
-					    memory_order_relaxed);
-					atomic_fetch_add_explicit(
-					    &c->w->sb->proto_requests[c->l->protocol],
-					    c->lines, memory_order_relaxed);
+				int r;
+
+				sb_count(&SESSION_LC(c)->bytes_in, (uint64_t)n);	/* metrics */
+				r = feed(c, buf, (size_t)n);
+				if (r == 2) {
+					flush(c);
+					return;
 				}
-				if (c->closing ||
-				    atomic_load_explicit(&c->kill, memory_order_relaxed))
+				if (r == 1)
 					break;
 				if (flush(c) < 0) {
 					conn_close(c, KILL_NONE);
@@ -631,6 +781,8 @@ conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer, bool ip
 	atomic_fetch_add_explicit(&w->sb->served, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&w->sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&w->sb->svc_served[c->svc_idx], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&SESSION_LC(c)->conns, 1, memory_order_relaxed); /* metrics */
+	sb_count(&SESSION_LC(c)->accepted, 1);	/* metrics */
 	atomic_fetch_add_explicit(&w->sb->proto_conns[l->protocol], 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&w->sb->proto_served[l->protocol], 1, memory_order_relaxed);
 	atomic_store(&c->open, true);

@@ -48,6 +48,12 @@ struct session {
 	 * the sweep sets tick_due and kicks the session then */
 	_Atomic uint64_t	 tick_ms;
 	_Atomic bool		 tick_due;
+	/* a request's work runs on the offload thread (session_offload): no
+	 * further request is taken, and what was read after it waits here */
+	_Atomic bool		 held;
+	char			*heldbuf;
+	size_t			 heldlen;
+	size_t			 in_used;	/* codec: bytes taken when it stopped */
 	int			 svc_idx;
 	const void		*svc_conf;
 	void			*data;

@@ -79,9 +79,12 @@ drop_partial(struct framer *f)
 int
 framer_feed(struct framer *f, char *data, size_t n, frame_fn fn, void *arg)
 {
+	const char *start = data;
+
 	while (n > 0) {
 		char *nl = memchr(data, '\n', n);
 		size_t take = nl != NULL ? (size_t)(nl - data) : n;
+		int r = 0;
 
 		if (f->discarding) {
 			if (nl == NULL)
@@ -91,12 +94,11 @@ framer_feed(struct framer *f, char *data, size_t n, frame_fn fn, void *arg)
 			if (!keep(f, data, n)) {
 				drop_partial(f);
 				f->discarding = true;
+				f->used = (size_t)(data + n - start);
 				return fn(arg, NULL, f->max + 1);
 			}
 			return 0;
 		} else if (f->len > 0) {
-			int r;
-
 			if (!keep(f, data, take)) {
 				drop_partial(f);
 				r = fn(arg, NULL, f->max + 1);
@@ -104,13 +106,15 @@ framer_feed(struct framer *f, char *data, size_t n, frame_fn fn, void *arg)
 				r = deliver(f->buf, f->len, fn, arg, f->max);
 				drop_partial(f);
 			}
-			if (r < 0)
-				return r;
-		} else if (deliver(data, take, fn, arg, f->max) < 0) {
-			return -1;
+		} else {
+			r = deliver(data, take, fn, arg, f->max);
 		}
 		data += take + 1;
 		n -= take + 1;
+		if (r < 0) {
+			f->used = (size_t)(data - start);
+			return -1;
+		}
 	}
 	return 0;
 }

@@ -16,6 +16,7 @@ struct framer {
 	size_t	 len, cap;
 	size_t	 max;		/* max_line */
 	bool	 discarding;	/* inside an over-long line */
+	size_t	 used;		/* after a feed that fn stopped: bytes taken */
 };
 
 /* line == NULL: a line was longer than max; return -1 to stop feeding */
@@ -23,7 +24,8 @@ typedef int (*frame_fn)(void *arg, char *line, size_t len);
 
 void	framer_init(struct framer *, size_t max_line);
 void	framer_reset(struct framer *);
-/* data is modified (NULs are written after each line); returns -1 when fn stopped it */
+/* data is modified (NULs are written after each line); returns -1 when fn
+ * stopped it, and then f->used says how many bytes of data were taken */
 int	framer_feed(struct framer *, char *data, size_t n, frame_fn fn, void *arg);
 /*
  * Hand over the unfinished line as if it had ended here (the chunk

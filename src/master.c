@@ -36,6 +36,7 @@
 #include "worker.h"
 
 #define TICK_MS			250
+#define SAMPLE_MS		1000	/* own CPU, memory and fds for metrics */
 #define STATUS_EVERY_MS		1000
 #define FAST_DEATH_MS		2000	/* a death this soon after start counts as a crash loop */
 #define BACKOFF_FIRST_MS	100
@@ -87,6 +88,7 @@ static struct {
 	int		 ctl_clients[MAX_CTL_CLIENTS];
 	bool		 ctl_waiting[MAX_CTL_CLIENTS];
 	unsigned	 ctl_seq[MAX_CTL_CLIENTS];	/* the reload each one waits for */
+	uint64_t	 sampled_ms;	/* own figures last put in the scoreboard */
 	unsigned	 reload_seq;	/* reloads started (the file read) so far */
 
 	struct wk	 wk[FK_MAX_SLOTS];
@@ -484,6 +486,7 @@ start_reload(void)
 	}
 	M.uid = uid;
 	M.gid = gid;
+	scoreboard_listeners(cfg);
 	M.next.cfg = cfg;
 	M.next.lfds = lfds;
 	M.next.id = M.cur.id + 1;
@@ -697,6 +700,8 @@ reap(void)
 			continue;
 		}
 		atomic_fetch_add(&scoreboard->restarts, 1);
+		if (w.hung)
+			atomic_fetch_add(&scoreboard->restarts_hung, 1);
 		log_warnx("worker %d (pid %ld) %s after %llu ms%s", slot, (long)pid, how,
 		    (unsigned long long)lived, w.hung ? " (hung)" : "");
 		if (M.next.cfg != NULL && w.gen == M.next.id && !w.ready) {
@@ -846,6 +851,10 @@ on_tick(void)
 
 	if (read(M.timerfd, &v, sizeof(v)) < 0)
 		return;
+	if (now - M.sampled_ms >= SAMPLE_MS) {
+		scoreboard_sample(&scoreboard->master_proc);
+		M.sampled_ms = now;
+	}
 	if (M.stopping) {
 		if (now >= M.stop_deadline)
 			start_stop(true);
@@ -1099,6 +1108,7 @@ setup(struct fk_config *cfg)
 		log_warn("cannot map the scoreboard");
 		return -1;
 	}
+	scoreboard_listeners(cfg);
 	if (iplimit_create() != 0) {
 		log_warn("cannot map the per-address table");
 		return -1;

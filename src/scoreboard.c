@@ -1,10 +1,15 @@
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "scoreboard.h"
+#include "service.h"
 #include "util.h"
 
 struct scoreboard *scoreboard;
@@ -29,8 +34,9 @@ void
 scoreboard_retire(int i)
 {
 	struct sb_slot *s = &scoreboard->slot[i];
-	int k;
+	int k, nl;
 
+	atomic_fetch_add(&scoreboard->retire_seq, 1);
 	atomic_fetch_add(&scoreboard->retired_served, atomic_load(&s->served));
 	atomic_fetch_add(&scoreboard->retired_requests, atomic_load(&s->requests));
 	atomic_fetch_add(&scoreboard->retired_rejected, atomic_load(&s->rejected));
@@ -39,6 +45,33 @@ scoreboard_retire(int i)
 		    atomic_load(&s->svc_served[k]));
 		atomic_store(&s->svc_served[k], 0);
 		atomic_store(&s->svc_conns[k], 0);
+	}
+	for (k = 0; k < REFUSE_COUNT; k++) {
+		atomic_fetch_add(&scoreboard->retired_refused[k],
+		    atomic_exchange(&s->refused[k], 0));
+	}
+	atomic_fetch_add(&scoreboard->retired_chat_delivered,
+	    atomic_exchange(&s->chat_delivered, 0));
+	atomic_fetch_add(&scoreboard->retired_chat_dropped,
+	    atomic_exchange(&s->chat_dropped, 0));
+	atomic_fetch_add(&scoreboard->retired_cpu_us, atomic_exchange(&s->proc.cpu_us, 0));
+	atomic_store(&s->proc.rss_bytes, 0);
+	atomic_store(&s->proc.fds, 0);
+	atomic_store(&s->chat_members, 0);
+	/* only the entries ever handed out were touched (and the last one) */
+	nl = atomic_load(&scoreboard->nlkeys);
+	for (k = 0; k <= SB_MAX_LISTENERS; k++) {
+		struct sb_lcount *from, *to;
+
+		if (k == nl)
+			k = SB_MAX_LISTENERS;
+		from = &s->lc[k];
+		to = &scoreboard->retired_lc[k];
+		atomic_fetch_add(&to->accepted, atomic_exchange(&from->accepted, 0));
+		atomic_fetch_add(&to->requests, atomic_exchange(&from->requests, 0));
+		atomic_fetch_add(&to->bytes_in, atomic_exchange(&from->bytes_in, 0));
+		atomic_fetch_add(&to->bytes_out, atomic_exchange(&from->bytes_out, 0));
+		atomic_store(&from->conns, 0);
 	}
 	for (k = 0; k < FK_MAX_PROTOCOLS; k++) {
 		atomic_fetch_add(&scoreboard->retired_proto_served[k],
@@ -62,6 +95,7 @@ scoreboard_retire(int i)
 	atomic_store(&s->sitting_out, 0);
 	atomic_store(&s->pid, 0);
 	atomic_store(&s->state, SLOT_FREE);
+	atomic_fetch_add(&scoreboard->retire_seq, 1);
 }
 
 void
@@ -122,4 +156,77 @@ scoreboard_conns(void)
 	for (i = 0; i < FK_MAX_SLOTS; i++)
 		n += atomic_load(&scoreboard->slot[i].conns);
 	return n;
+}
+
+void
+scoreboard_listeners(struct fk_config *cfg)
+{
+	size_t i;
+	int k, n = atomic_load(&scoreboard->nlkeys);
+
+	for (i = 0; i < cfg->nlisteners; i++) {
+		struct fk_listener *l = &cfg->listeners[i];
+		struct sb_lkey key;
+
+		memset(&key, 0, sizeof(key));
+		sockaddr_text((struct sockaddr *)&l->addr, key.listener, sizeof(key.listener));
+		key.service = service_index(l->service);
+		key.protocol = l->protocol;
+		for (k = 0; k < n; k++)
+			if (memcmp(&scoreboard->lkeys[k], &key, sizeof(key)) == 0)
+				break;
+		if (k == n && n < SB_MAX_LISTENERS) {
+			/* published after the entry is written: workers forked
+			 * later see both, a scrape in flight sees one or none */
+			scoreboard->lkeys[n++] = key;
+			atomic_store_explicit(&scoreboard->nlkeys, n, memory_order_release);
+		}
+		l->metrics_id = k < n ? k : -1;
+	}
+}
+
+/* Counting entries of /proc/self/fd costs a few microseconds per hundred. */
+static long
+count_fds(void)
+{
+	struct dirent *de;
+	DIR *d = opendir("/proc/self/fd");
+	long n = 0;
+
+	if (d == NULL)
+		return 0;
+	while ((de = readdir(d)) != NULL)
+		if (de->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n > 0 ? n - 1 : 0;	/* not the directory's own descriptor */
+}
+
+void
+scoreboard_sample(struct sb_proc *p)
+{
+	struct timespec ts;
+	char buf[128];
+	unsigned long size, resident;
+	ssize_t n;
+	int fd;
+
+	if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == 0) {
+		uint64_t us = (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+
+		/* never backwards, whatever the clock says */
+		if (us > atomic_load_explicit(&p->cpu_us, memory_order_relaxed))
+			atomic_store_explicit(&p->cpu_us, us, memory_order_relaxed);
+	}
+	if ((fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC)) >= 0) {
+		n = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		if (n > 0) {
+			buf[n] = '\0';
+			if (sscanf(buf, "%lu %lu", &size, &resident) == 2)
+				atomic_store_explicit(&p->rss_bytes, (uint64_t)resident *
+				    (uint64_t)sysconf(_SC_PAGESIZE), memory_order_relaxed);
+		}
+	}
+	atomic_store_explicit(&p->fds, count_fds(), memory_order_relaxed);
 }

@@ -3,7 +3,8 @@
 #include "config.h"
 #include "service.h"
 
-extern const struct service service_echo, service_calc, service_chat, service_stats;
+extern const struct service service_echo, service_calc, service_chat, service_stats,
+    service_metrics;
 
 /* Adding a service: its own file, one line here, one in Makefile.am. */
 const struct service *const services[] = {
@@ -11,6 +12,7 @@ const struct service *const services[] = {
 	&service_calc,
 	&service_chat,
 	&service_stats,
+	&service_metrics,
 	NULL
 };
 

@@ -69,6 +69,16 @@ void		 session_send(struct session *, const void *buf, size_t len);
  * session's own line handler must then call session_wake so it is sent.
  */
 void		 session_wake(struct session *);
+/*
+ * Work that may wait (a presence check on a remote server): run fn(s, arg)
+ * on the worker's offload thread rather than on the calling pool thread.
+ * The session takes no further request until fn has returned (what the
+ * client sent meanwhile waits, in order); replies fn makes are sent as
+ * usual.  Only from the service's open or line callback, once per call.
+ * false: it cannot be offloaded (fn did not run; do the work in place).
+ */
+bool		 session_offload(struct session *,
+		    void (*fn)(struct session *, void *arg), void *arg);
 /* Say "Bye" and close once the output is flushed. */
 void		 session_quit(struct session *);
 /* The session's private state (session_size bytes). */

@@ -30,6 +30,7 @@
 #include "config.h"
 #include "log.h"
 #include "redis_proto.h"
+#include "scoreboard.h"
 #include "service.h"
 
 #define NAME_MAX_LEN	CHAT_NAME_MAX
@@ -131,6 +132,7 @@ struct lroom {
 };
 
 static pthread_mutex_t	 rooms_lock = PTHREAD_MUTEX_INITIALIZER;
+static int		 my_slot;	/* this worker's scoreboard slot */
 static struct lroom	*buckets[ROOM_BUCKETS];
 
 static unsigned
@@ -231,6 +233,7 @@ deliver_local(const char *room, const char *bytes, size_t len, const struct memb
 			continue;
 		session_send(m->s, f->buf, f->len);
 		session_wake(m->s);
+		sb_count(&scoreboard->slot[my_slot].chat_delivered, 1);	/* metrics */
 	}
 	pthread_mutex_unlock(&rooms_lock);
 	free(forms[0].buf);
@@ -431,6 +434,8 @@ enter_local(struct member *m, const char *room)
 		return CHAN_FULL;
 	}
 	m->room = r;
+	atomic_fetch_add_explicit(&scoreboard->slot[my_slot].chat_members, 1,
+	    memory_order_relaxed);	/* metrics */
 	m->prev = NULL;
 	m->next = r->head;
 	if (r->head != NULL)
@@ -461,6 +466,8 @@ leave(struct member *m, const char *why)
 	snprintf(room, sizeof(room), "%s", m->room->name);
 	pthread_mutex_lock(&rooms_lock);
 	lroom_remove(m);
+	atomic_fetch_sub_explicit(&scoreboard->slot[my_slot].chat_members, 1,
+	    memory_order_relaxed);	/* metrics */
 	pthread_mutex_unlock(&rooms_lock);
 	chan_leave(room, m->nick);
 	broadcast(m, room, CHAT_LEAVE, m->nick, why, strlen(why));
@@ -925,6 +932,7 @@ chat_worker_init(const struct fk_config *cfg, const void *vconf, int slot)
 	const struct chat_conf *conf = vconf;
 	struct chan_limits lim = { conf->max_rooms, conf->max_members };
 
+	my_slot = slot;
 	list_max = (size_t)cfg->max_output / 4;
 	if (list_max > LIST_MAX)
 		list_max = LIST_MAX;

@@ -36,6 +36,7 @@
 
 #define POOL_STACK	(512 * 1024)
 #define TICK_MS		250	/* housekeeping period */
+#define SAMPLE_MS	1000	/* own CPU, memory and fds for metrics */
 #define EMFILE_PAUSE_MS	100
 #define EMFILE_LOG_MS	10000
 #define ACCEPT_BATCH	64
@@ -179,9 +180,10 @@ sit_out(struct worker *w, uint64_t now)
 }
 
 static void
-reject(int fd, struct worker *w, const char *line)
+reject(int fd, struct worker *w, const char *line, enum sb_refuse why)
 {
 	atomic_fetch_add_explicit(&w->sb->rejected, 1, memory_order_relaxed);
+	sb_count(&w->sb->refused[why], 1);
 	if (send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
 		log_debug("reject: %s", strerror(errno));
 	close(fd);
@@ -226,6 +228,7 @@ accept_batch(struct worker *w, size_t li)
 					w->emfile_logged_ms = now;
 				}
 				w->resume_ms = now + EMFILE_PAUSE_MS;
+				sb_count(&w->sb->refused[REFUSE_EMFILE], 1);
 				return accepted;
 			default:
 				log_warn("accept");
@@ -233,17 +236,21 @@ accept_batch(struct worker *w, size_t li)
 			}
 		}
 		if ((size_t)fd >= w->conns_cap) {
-			reject(fd, w, "ERR too many connections\r\n");
+			reject(fd, w, "ERR too many connections\r\n", REFUSE_EMFILE);
 			continue;
 		}
 		/* take the place, then count: of two workers taking the last
 		 * place at once, at least one sees the other's and refuses */
 		atomic_fetch_add(&w->sb->conns, 1);
-		if (scoreboard_conns() > w->cfg->max_connections ||
-		    (w->cfg->max_connections_per_ip > 0 && !iplimit_acquire(w->slot,
-		    (struct sockaddr *)&ss, w->cfg->max_connections_per_ip))) {
+		if (scoreboard_conns() > w->cfg->max_connections) {
 			atomic_fetch_sub(&w->sb->conns, 1);
-			reject(fd, w, "ERR too many connections\r\n");
+			reject(fd, w, "ERR too many connections\r\n", REFUSE_MAX_CONNECTIONS);
+			continue;
+		}
+		if (w->cfg->max_connections_per_ip > 0 && !iplimit_acquire(w->slot,
+		    (struct sockaddr *)&ss, w->cfg->max_connections_per_ip)) {
+			atomic_fetch_sub(&w->sb->conns, 1);
+			reject(fd, w, "ERR too many connections\r\n", REFUSE_PER_IP);
 			continue;
 		}
 		conn_open(w, fd, (int)li, (struct sockaddr *)&ss,
@@ -478,6 +485,10 @@ on_tick(struct worker *w)
 	if (pool_spares(&w->pool) == 0 && pool_watch(&w->pool))
 		w->pool_moving_ms = now;
 	atomic_store(&w->sb->heartbeat_ms, MIN(now, w->pool_moving_ms));
+	if (now - w->sampled_ms >= SAMPLE_MS) {
+		scoreboard_sample(&w->sb->proc);
+		w->sampled_ms = now;
+	}
 	if (getppid() != w->master) {
 		log_warnx("the master (pid %ld) is gone: stopping", (long)w->master);
 		start_drain(w, false);
@@ -517,6 +528,8 @@ worker_run(const struct worker_args *a)
 		fatal("cannot start: %s", strerror(errno));
 
 	atomic_store(&w->sb->heartbeat_ms, now_ms());
+	scoreboard_sample(&w->sb->proc);
+	w->sampled_ms = now_ms();
 	atomic_store(&w->sb->state, SLOT_READY);
 	wake_master(w);
 	log_debug("ready: %d threads, %d polling", w->pool.nthreads, w->pool.pollers);

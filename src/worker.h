@@ -55,6 +55,7 @@ struct worker {
 
 	uint64_t		 resume_ms;	/* acceptor: when a pause for EMFILE ends */
 	uint64_t		 emfile_logged_ms;
+	uint64_t		 sampled_ms;	/* own figures put in the scoreboard */
 	bool			 draining;
 	bool			 stopping;
 	uint64_t		 drain_deadline_ms;

@@ -89,7 +89,7 @@ fake_session_open(struct worker *w, struct session *s, const struct service *svc
 	s->svc = svc;
 	s->svc_idx = service_index(svc);
 	s->svc_conf = conf;
-	s->codec = &codec_line;		/* replies pass through as they are */
+	s->codec = &codec_line;	/* replies pass as the service wrote them */
 	s->fd = -1;
 	s->closing = false;
 	atomic_store(&s->kill, KILL_NONE);

@@ -8,10 +8,11 @@
  *
  * Input: lines separated by '\n'; a '\r' before the '\n' is dropped and a
  * line is cut at max_line, as the framer hands lines over.  The first byte
- * of a line picks the service (byte % number of services); the rest is the
- * request, passed to ->line in an exact-size buffer, NUL-terminated at
- * [len] as the framer leaves it.  After every request the service's reply
- * is taken from the session's output queue and checked:
+ * of a line picks the service (byte % number of services with a line
+ * handler: metrics has none); the rest is the request, passed to ->line in
+ * an exact-size buffer, NUL-terminated at [len] as the framer leaves it.
+ * After every request the service's reply is taken from the session's
+ * output queue and checked:
  *   every service  whole lines, each ending in "\r\n", no bare '\n', never
  *                  more than max_output queued
  *   echo           exactly prefix + request + "\r\n": the bytes pass through
@@ -70,6 +71,8 @@ static const char services_conf_text[] =
 static struct fk_config	*cfg;
 static struct worker	 w;
 static int		 nsvc;
+static int		 line_svc[MAXSVC];	/* the services with a line handler */
+static int		 nline;
 static struct session	 sess[MAXSVC];
 
 int
@@ -85,6 +88,8 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 		if (pthread_mutex_init(&sess[nsvc].out_lock, NULL) != 0)
 			abort();
 		sess[nsvc].fd = -1;
+		if (services[nsvc]->line != NULL)
+			line_svc[nline++] = nsvc;	/* metrics speaks HTTP only */
 	}
 	return 0;
 }
@@ -196,7 +201,7 @@ drain_others(int except)
 static void
 step(const char *in, size_t len)
 {
-	int i = (int)((unsigned char)in[0] % (unsigned)nsvc);
+	int i = line_svc[(unsigned char)in[0] % (unsigned)nline];
 	char *line;
 
 	if (!atomic_load(&sess[i].open)) {

@@ -22,7 +22,9 @@
  * At the end the wire is checked: an HTTP response first; after a 101 only
  * whole server frames (FIN set, no RSV, no mask, a known opcode), text
  * payloads valid UTF-8, a close payload of 0 or 2+ bytes with a valid code
- * and UTF-8 reason, and nothing after the close frame.
+ * and UTF-8 reason, and nothing after the close frame.  When the input has
+ * client bytes only, they are fed again in one read: the frames sent back
+ * must be the same, however the reads cut the frames.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -54,12 +56,14 @@ static struct session sess;
 static unsigned char *wire;
 static size_t wire_len;
 static char *allowed[] = { (char *)"https://a.example" };
+static bool overflowed;		/* some output did not fit in max_output */
 
 static bool
 out_add(struct session *c, const void *buf, size_t n)
 {
 	if (c->out_full || c->out_len + n > (size_t)cfg.max_output) {
 		c->out_full = true;
+		overflowed = true;
 		return false;
 	}
 	if (c->out_len + n > c->out_cap) {
@@ -327,33 +331,22 @@ feed(struct session *c, const void *data, size_t n)
 	return rc == 0 && !c->closing && atomic_load(&c->kill) == KILL_NONE;
 }
 
-int
-LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+/*
+ * One session over the input.  whole: the client's bytes (the input ops
+ * only) arrive in one read, to compare with the run in pieces.  Returns
+ * whether the run used input ops only and ended without an overflow.
+ */
+static bool
+session(const uint8_t *data, size_t size, bool whole)
 {
 	struct session *c = &sess;
-	size_t i;
+	unsigned char *all = NULL;
+	size_t i, nall = 0;
 	uint64_t now;
+	bool plain = true;
 
-	if (size < 3)
-		return 0;
-	if (wire == NULL) {
-		if ((wire = malloc(WIRE_MAX)) == NULL)
-			abort();
-		log_set_level(LOG_ERR);	/* refused origins are logged */
-	}
 	wire_len = 0;
-	cfg.max_line = 16 + 8 * data[1];
-	cfg.max_output = 1024 + 64 * data[2];
-	wk.cfg = &cfg;
-	lis.max_header = 1024;
-	lis.header_timeout = 5;
-	lis.ping_interval = (data[0] & 16) ? 1 : 0;
-	lis.allowed_origins = (data[0] & 8) ? allowed : NULL;
-	lis.norigins = (data[0] & 8) ? 1 : 0;
-	svc.name = "fuzz";
-	svc.binary = (data[0] & 2) != 0;
-	svc.http = (data[0] & 4) ? fake_http : NULL;
-
+	overflowed = false;
 	memset(c, 0, sizeof(*c));
 	pthread_mutex_init(&c->out_lock, NULL);
 	c->w = &wk;
@@ -369,6 +362,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	now = now_ms();
 	if ((data[0] & 1) && !feed(c, handshake, sizeof(handshake) - 1))
 		goto out;
+	if (whole && (all = malloc(size)) == NULL)
+		abort();
 	for (i = 3; i + 1 < size; ) {
 		unsigned op = data[i] % 8, len = data[i + 1];
 		enum conn_kill k;
@@ -379,10 +374,18 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				len = (unsigned)(size - i);
 			if (len == 0)
 				continue;
-			if (!feed(c, data + i, len))
+			if (whole) {
+				memcpy(all + nall, data + i, len);
+				nall += len;
+			} else if (!feed(c, data + i, len))
 				break;
 			i += len;
-		} else if (op == 5) {
+			continue;
+		}
+		plain = false;
+		if (whole)
+			break;
+		if (op == 5) {
 			if (len > size - i)
 				len = (unsigned)(size - i);
 			say(c, data + i, len);
@@ -405,13 +408,76 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		}
 	}
+	if (whole && nall > 0)
+		(void)feed(c, all, nall);
 out:
+	/* what was lost to a full queue depends on how the reads fell */
+	if (overflowed || atomic_load(&c->kill) == KILL_OVERFLOW)
+		plain = false;
 	drain(c);
 	c->codec->close(c);
 	if (c->cstate != NULL)
 		abort();
 	free(c->out);
+	free(all);
 	pthread_mutex_destroy(&c->out_lock);
 	check_wire();
+	return plain;
+}
+
+/* The frames after a 101 (NULL when there was none). */
+static const unsigned char *
+frames_of(const unsigned char *w, size_t n, size_t *len)
+{
+	const unsigned char *end;
+
+	if (n < 13 || memcmp(w, "HTTP/1.1 101 ", 13) != 0 ||
+	    (end = memmem(w, n, "\r\n\r\n", 4)) == NULL)
+		return NULL;
+	end += 4;
+	*len = n - (size_t)(end - w);
+	return end;
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	static unsigned char *first;
+	static size_t first_len;
+	const unsigned char *a, *b;
+	size_t alen, blen;
+
+	if (size < 3)
+		return 0;
+	if (wire == NULL) {
+		if ((wire = malloc(WIRE_MAX)) == NULL ||
+		    (first = malloc(WIRE_MAX)) == NULL)
+			abort();
+		log_set_level(LOG_ERR);	/* refused origins are logged */
+	}
+	cfg.max_line = 16 + 8 * data[1];
+	cfg.max_output = 1024 + 64 * data[2];
+	wk.cfg = &cfg;
+	lis.max_header = 1024;
+	lis.header_timeout = 5;
+	lis.ping_interval = (data[0] & 16) ? 1 : 0;
+	lis.allowed_origins = (data[0] & 8) ? allowed : NULL;
+	lis.norigins = (data[0] & 8) ? 1 : 0;
+	svc.name = "fuzz";
+	svc.binary = (data[0] & 2) != 0;
+	svc.http = (data[0] & 4) ? fake_http : NULL;
+
+	if (!session(data, size, false))
+		return 0;
+	/* the same bytes in one read must give the same frames back */
+	memcpy(first, wire, wire_len);
+	first_len = wire_len;
+	if (!session(data, size, true))
+		return 0;
+	a = frames_of(first, first_len, &alen);
+	b = frames_of(wire, wire_len, &blen);
+	if ((a == NULL) != (b == NULL) ||
+	    (a != NULL && (alen != blen || memcmp(a, b, alen) != 0)))
+		abort();
 	return 0;
 }

@@ -451,6 +451,45 @@ def test_invalid_close_codes_are_1002(wsd, code):
     assert ws_close_after(wsd, frame(8, close_payload(code))) == 1002
 
 
+REASON = "d\u00e9j\u00e0 vu \u20ac".encode()
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """An echo websocket listener that takes 4 KiB messages, for a module."""
+    from conftest import Forkd, sanitizer_reports
+    d = Forkd(tmp_path_factory.mktemp("wide"),
+              [{"service": "echo", "protocol": "websocket"}],
+              workers=1, threads=2, max_line=4096)
+    d.start()
+    yield d
+    d.stop()
+    assert not sanitizer_reports(d.log())
+
+
+@pytest.mark.parametrize("cut", range(1, 16))
+def test_close_reason_cut_anywhere_is_still_valid(wide, cut):
+    """A close frame whose byte `cut` is the 4097th of the stream: libwslay
+    reads into a 4 KiB buffer and checks a close reason chunk by chunk."""
+    r = Raw(wide.port).handshake()
+    filler = frame(1, b"f" * (4096 - cut - 8))     # 4-byte length, 4-byte mask
+    assert len(filler) == 4096 - cut
+    r.send(filler + frame(8, close_payload(1000, REASON)))
+    assert r.text() == "Echo: " + "f" * (4096 - cut - 8)
+    assert r.close_code() == 1000
+
+
+@pytest.mark.parametrize("cut", [1, 3, 7, 10, 11, 13])
+def test_close_frame_in_two_reads(wsd, cut):
+    r = Raw(wsd.ws).handshake()
+    close = frame(8, close_payload(1001, REASON))
+    r.send(frame(1, b"first") + close[:cut])
+    # the reply shows the server has read the first part on its own
+    assert r.text() == "Echo: first"
+    r.send(close[cut:])
+    assert r.close_code() == 1001
+
+
 def test_close_with_one_byte_is_1002_bad_reason_1007(wsd):
     assert ws_close_after(wsd, frame(8, b"\x03")) == 1002
     assert ws_close_after(wsd, frame(8, close_payload(1000, b"\xc3\x28"))) == 1007

@@ -179,18 +179,19 @@ check_shipped_file(void)
 		}
 	}
 	/* the documented listeners: echo, stats on loopback only, calc, chat,
-	 * and chat for browsers and WebSocket clients on 8000 */
-	CHECK(cfg->nlisteners == 5, "%s: %zu listeners", path, cfg->nlisteners);
-	if (cfg->nlisteners == 5) {
+	 * chat for browsers and WebSocket clients on 8000, metrics on loopback
+	 * only */
+	CHECK(cfg->nlisteners == 6, "%s: %zu listeners", path, cfg->nlisteners);
+	if (cfg->nlisteners == 6) {
 		static const struct { const char *svc, *addr; int port; } want[] = {
 			{ "echo", "0.0.0.0", 5002 }, { "stats", "127.0.0.1", 5003 },
 			{ "calc", "0.0.0.0", 5004 }, { "chat", "0.0.0.0", 5005 },
-			{ "chat", "0.0.0.0", 8000 },
+			{ "chat", "0.0.0.0", 8000 }, { "metrics", "127.0.0.1", 9477 },
 		};
 
 		CHECK(cfg->listeners[4].protocol == PROTO_WEBSOCKET,
 		    "%s: the chat on 8000 does not speak WebSocket", path);
-		for (i = 0; i < 5; i++) {
+		for (i = 0; i < 6; i++) {
 			const struct fk_listener *l = &cfg->listeners[i];
 
 			CHECK(strcmp(l->service_name, want[i].svc) == 0 &&
@@ -338,7 +339,7 @@ main(void)
 	expect_error("listeners = (\n { address = \"127.0.0.1\"; port = 1; service = \"ecco\"; } );\n",
 	    "t.conf:2: unknown service 'ecco' (did you mean 'echo'?");
 	expect_error("listeners = (\n { address = \"127.0.0.1\"; port = 1; service = \"http\"; } );\n",
-	    "unknown service 'http' (known: echo, calc, chat, stats)");
+	    "unknown service 'http' (known: echo, calc, chat, stats, metrics)");
 	expect_error("listeners = (\n { address = \"127.0.0.1\"; port = 1; } );\n",
 	    "'service' is required");
 	expect_error("listeners = (\n { address = \"127.0.0.1\"; service = \"echo\"; } );\n",
