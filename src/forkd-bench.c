@@ -1,11 +1,18 @@
 /*
- * forkd-bench - load generator for forkd's line services (echo first).
+ * forkd-bench - load generator for forkd's line, WebSocket and chat services.
  *
  * It sends request lines over TCP and counts only replies it has verified:
  * the reply to a payload line must be  PREFIX PAYLOAD  followed by "\n" or
  * "\r\n" (whatever the server sends back).  With --prefix "" this is a plain
  * echo, and a byte-exact echo server returns exactly the bytes sent; --exact
  * also requires the reply's line ending to be the one that was sent.
+ *
+ * --ws PATH speaks RFC 6455 instead: an HTTP/1.1 Upgrade to PATH whose 101
+ * must carry Upgrade, Connection and the Sec-WebSocket-Accept due for the
+ * key sent (SHA-1 and base64 from nettle); then one request is one masked
+ * text message of the payload, and one reply is one text message
+ * PREFIX PAYLOAD (a trailing "\n" or "\r\n" is allowed, --exact allows
+ * none).  Pings are answered; a close frame ends the connection.
  *
  * Modes
  *   rr     N connections (-c), each with one request in flight, payload of
@@ -20,18 +27,35 @@
  *   hold   open K sessions (-k), check that each answers one request, keep
  *          them all open for H seconds (--hold-time), check each again.
  *          Opens at most C at a time (-c, default 512).
+ *   fanout N members (-c, the sender included) join a chat room, spread
+ *          over the servers given (--port P1,P2 or --connect H:P,H:P; the
+ *          sender on the first); one sends R messages/s (--rate) for D
+ *          seconds, each "fb RUN SEQ SEND_TIME_NS" padded to -P bytes, and
+ *          every other member must receive every message.  Lines: members
+ *          send "/join ROOM" (the sender "/nick fbsRUN" first) and are in
+ *          once "* you joined ROOM" or "* you are already in ROOM" arrives;
+ *          messages arrive as "[nick] text".  WebSocket: members are in
+ *          once the handshake is done, send {"message": "..."}, and take a
+ *          message's "message" string as its text (without one: the text
+ *          after "[nick] ", or the whole text).
+ *          Before the first message the sender repeats a sync message
+ *          until every member has seen one (at most --sync-wait seconds),
+ *          and after the last it waits up to --drain seconds for the
+ *          deliveries still due.
  *
  * Everything is bounded: rr and churn stop after W + D seconds; connecting
  * and waiting for a reply each time out after --timeout seconds (default 5,
- * counted as an error); hold stops opening sessions after 60 seconds.
+ * counted as an error); hold and fanout stop opening sessions after 60
+ * seconds; fanout sends at most 10,000,000 messages, queues at most 256 KiB
+ * to the server, and takes lines and messages of up to 16 KiB.
  *
  * Output: human-readable lines, then exactly one line starting "SUMMARY "
  * made of space-separated key=value pairs.  The keys:
- *   all modes   mode label host port threads size errors, and errors by
+ *   all modes   mode label host port ws threads size errors, and errors by
  *               kind: err_refused err_reset err_timeout err_badreply
  *               (wrong or unexpected bytes) err_eof (closed before the
  *               reply) err_noaddr (no local address/port left) err_nofile
- *               (out of descriptors) err_other
+ *               (out of descriptors) err_handshake (no valid 101) err_other
  *   rr          conns warmup duration requests (verified in the measured
  *               window) all_requests (verified, warm-up included) rate
  *               p50_us p90_us p99_us max_us mean_us
@@ -42,12 +66,23 @@
  *               p90_us p99_us max_us mean_us
  *   hold        sessions hold_time ok_start ok_end dropped (closed by the
  *               server while held) open_s (time to open them all)
+ *   fanout      servers members receivers failed (members that could not
+ *               join) rate duration messages (planned) sent send_failed
+ *               (did not fit the sender's queue) send_s expected (sent x
+ *               receivers in the room) received lost (expected - received)
+ *               dup ooo (out of order) dropped (members closed by the server
+ *               during the run) unsynced join_s drain_s deliveries_per_s
+ *               (received / duration) p50_us p90_us p99_us max_us mean_us
+ *               (send to receive)
+ * All SUMMARY lines carry ws (the WebSocket path or "-"); with --connect,
+ * host is "-" and port is the --connect list.
  * Rates are per second over the measured duration; latencies are in
  * microseconds, taken from a log-linear histogram (< 1% relative error,
  * upper bound of the bucket; max is exact).  label is "-" unless --label.
  *
  * Exit status: 0 ok; 1 errors > 0 or no verified request (rr, churn), or
- * any session failed (hold); 2 bad usage.
+ * any session failed (hold), or errors, lost messages or members that could
+ * not join (fanout); 2 bad usage.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -72,9 +107,14 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/random.h>
 #include <sys/socket.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <nettle/base64.h>
+#include <nettle/sha1.h>
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
@@ -87,15 +127,23 @@
 #define HOLD_OPEN_CAP	(60 * NSEC)	/* hold stops opening sessions after this */
 #define RETRY_DELAY	(50 * MSEC)	/* rr reconnects this long after an error */
 #define SWEEP_EVERY	(20 * MSEC)
+#define MAX_DESTS	64
+#define HS_MAX		4096	/* bytes of a WebSocket handshake reply */
+#define FAN_BUF		16384	/* fanout: longest line or message taken */
+#define FAN_OUT		(256 * 1024)	/* fanout: bytes queued to a server */
+#define FAN_MSGS_MAX	10000000	/* fanout: messages a run may send */
+#define SYNC_EVERY	(250 * MSEC)
+#define WS_GUID		"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-enum mode { MODE_RR, MODE_CHURN, MODE_HOLD };
+enum mode { MODE_RR, MODE_CHURN, MODE_HOLD, MODE_FANOUT };
 
 enum err_kind {
-	E_REFUSED, E_RESET, E_TIMEOUT, E_BADREPLY, E_EOF, E_NOADDR, E_NOFILE, E_OTHER,
-	E_NKINDS
+	E_REFUSED, E_RESET, E_TIMEOUT, E_BADREPLY, E_EOF, E_NOADDR, E_NOFILE,
+	E_HANDSHAKE, E_OTHER, E_NKINDS
 };
 static const char *const err_names[E_NKINDS] = {
-	"refused", "reset", "timeout", "badreply", "eof", "noaddr", "nofile", "other"
+	"refused", "reset", "timeout", "badreply", "eof", "noaddr", "nofile",
+	"handshake", "other"
 };
 
 static struct {
@@ -118,10 +166,17 @@ static struct {
 	int		 exact;
 	double		 timeout;
 	const char	*label;
+	const char	*ws;		/* WebSocket path, NULL: lines */
+	const char	*origin;	/* NULL: http://HOST:PORT, "": none */
+	const char	*room;
+	const char	*connect;	/* HOST:PORT,... */
+	double		 drain;
+	double		 sync_wait;
 } opt = {
 	.host = "127.0.0.1", .conns = 50, .size = 16, .duration = 10,
 	.warmup = 1, .threads = 1, .sessions = 1000, .hold_time = 5,
-	.prefix = "Echo: ", .timeout = 5, .label = "-",
+	.prefix = "Echo: ", .timeout = 5, .label = "-", .room = "fanout",
+	.drain = 5, .sync_wait = 30,
 };
 
 /* ---- time ---------------------------------------------------------------- */
@@ -226,25 +281,50 @@ static unsigned long long us_round(uint64_t ns)
 enum cstate {
 	C_FREE,		/* no socket */
 	C_CONNECTING,
-	C_SENDING,	/* request partly written */
+	C_SENDING,	/* bytes being written; c->next once they are out */
+	C_UPGRADE,	/* WebSocket: handshake written, waiting for the 101 */
 	C_WAITING,	/* request written, waiting for the reply */
 	C_HELD,		/* hold: verified once, idle */
-	C_DEAD,		/* hold: failed, not retried */
+	C_DEAD,		/* hold, fanout: failed, not retried */
 	C_RETRY,	/* rr: reconnect at deadline */
+	C_JOINING,	/* fanout: commands written, not yet in the room */
+	C_MEMBER,	/* fanout: in the room */
+};
+
+struct dest {
+	struct sockaddr_storage	 addr;
+	socklen_t		 len;
+	char			 name[300];	/* HOST:PORT, [V6]:PORT */
 };
 
 struct conn {
 	int		 fd;
 	enum cstate	 state;
+	enum cstate	 next;		/* the state after C_SENDING */
 	uint32_t	 evmask;	/* what is registered with epoll, 0 = not */
 	uint32_t	 seq;
+	unsigned	 dst;		/* index in dests */
 	uint64_t	 t_conn;	/* connect() called */
 	uint64_t	 t_req;		/* first byte of the request written */
 	uint64_t	 deadline;
+	const char	*out;		/* being written: out[out_off .. out_len) */
 	size_t		 out_off;
+	size_t		 out_len;
 	size_t		 in_len;
-	char		*req;		/* payload + line ending */
 	char		*in;
+	char		*pl;		/* the request's payload, opt.size bytes */
+	char		*req;		/* the request as sent; fanout: output queue */
+	size_t		 req_len;	/* its length; fanout: the queue's size */
+	char		*msg;		/* WebSocket: the handshake, then the message read */
+	size_t		 msg_len;
+	int		 in_msg;	/* WebSocket: a fragmented message is open */
+	char		 accept[32];	/* WebSocket: the Sec-WebSocket-Accept expected */
+	/* fanout */
+	int		 sender;
+	int		 counted;	/* a receiving member in the room */
+	int		 synced;	/* has seen a sync message of this run */
+	uint8_t		*seen;		/* a bit per message of the run */
+	int64_t		 last_seq;
 };
 
 struct worker {
@@ -255,6 +335,7 @@ struct worker {
 	unsigned	 nconns;
 	unsigned	 inflight;
 	uint64_t	 attempts;
+	uint64_t	 rng;
 	struct hist	 h;
 	uint64_t	 requests;	/* verified in the measured window */
 	uint64_t	 all;		/* verified, warm-up included */
@@ -264,17 +345,33 @@ struct worker {
 	unsigned	 resolved;
 	uint64_t	 ok_start, ok_end, dropped;
 	uint64_t	 t_opened;
+	uint64_t	 dup, ooo;	/* fanout */
 };
 
-static struct sockaddr_storage dst_addr;
-static socklen_t dst_len;
-static size_t req_len;		/* payload + line ending */
+static struct dest dests[MAX_DESTS];
+static unsigned ndests;
 static size_t in_cap;		/* longest acceptable reply + 1 */
+static size_t msg_cap;		/* WebSocket: longest message taken */
 static uint64_t t_start, t_measure, t_end;
 static _Atomic uint64_t hold_end;
 static pthread_barrier_t barrier;
 static atomic_int bad_reply_shown;
 static struct worker *workers;
+
+/* fanout */
+static char fan_run[8];		/* this run's tag, in every message */
+static char fan_nick[24];	/* the sender's nick */
+static uint64_t fan_msgs;	/* messages the run sends */
+static unsigned fan_members;	/* receiving members */
+static _Atomic unsigned fan_ready, fan_failed, fan_synced, fan_lost_unsynced;
+static _Atomic uint64_t fan_delivered;
+static atomic_int fan_stop, fan_sender_dead;
+static struct {
+	unsigned	 ready;		/* receiving members when sending started */
+	unsigned	 unsynced;
+	uint64_t	 sent, send_failed;
+	uint64_t	 t_joined, t_synced, t_first, t_last, t_drained;
+} fan;
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void die(const char *fmt, ...)
@@ -296,6 +393,22 @@ static void *xcalloc(size_t n, size_t sz)
 	if (p == NULL)
 		die("out of memory");
 	return p;
+}
+
+static void fill_random(void *buf, size_t len)
+{
+	if (getrandom(buf, len, 0) != (ssize_t)len)
+		die("getrandom: %s", strerror(errno));
+}
+
+/* xorshift64*: WebSocket masks, which need no more than being unpredictable
+ * to the server (RFC 6455 5.3); keys come from getrandom() */
+static uint32_t rng_next(uint64_t *s)
+{
+	*s ^= *s >> 12;
+	*s ^= *s << 25;
+	*s ^= *s >> 27;
+	return (uint32_t)((*s * 0x2545F4914F6CDD1Dull) >> 32);
 }
 
 static enum err_kind classify(int err)
@@ -341,7 +454,23 @@ static void conn_close(struct conn *c)
 	c->fd = -1;
 	c->evmask = 0;
 	c->in_len = 0;
-	c->out_off = 0;
+	c->out_off = c->out_len = 0;
+	c->msg_len = 0;
+	c->in_msg = 0;
+}
+
+/* the state a connection is in, or will be in once its output is written */
+static enum cstate lstate(const struct conn *c)
+{
+	return c->state == C_SENDING ? c->next : c->state;
+}
+
+static void set_lstate(struct conn *c, enum cstate s)
+{
+	if (c->state == C_SENDING)
+		c->next = s;
+	else
+		c->state = s;
 }
 
 static void show_bad_reply(const char *buf, size_t len)
@@ -368,6 +497,138 @@ static void show_bad_reply(const char *buf, size_t len)
 	    len, out, i < len ? "..." : "");
 }
 
+/* ---- WebSocket (RFC 6455), client side ------------------------------------ */
+
+static size_t ws_frame_len(size_t len)
+{
+	return len + 4 + (len < 126 ? 2 : len < 65536 ? 4 : 10);
+}
+
+/* A masked frame with FIN set; dst holds ws_frame_len(len) bytes. */
+static size_t ws_frame(char *dst, unsigned opcode, const char *pl, size_t len,
+    uint32_t mask)
+{
+	unsigned char *d = (unsigned char *)dst, m[4];
+	size_t h = 0, i;
+
+	d[h++] = (unsigned char)(0x80 | opcode);
+	if (len < 126) {
+		d[h++] = (unsigned char)(0x80 | len);
+	} else if (len < 65536) {
+		d[h++] = 0x80 | 126;
+		d[h++] = (unsigned char)(len >> 8);
+		d[h++] = (unsigned char)len;
+	} else {
+		d[h++] = 0x80 | 127;
+		for (i = 8; i-- > 0;)
+			d[h++] = (unsigned char)((uint64_t)len >> (8 * i));
+	}
+	memcpy(m, &mask, 4);
+	memcpy(d + h, m, 4);
+	h += 4;
+	for (i = 0; i < len; i++)
+		d[h + i] = (unsigned char)pl[i] ^ m[i & 3];
+	return h + len;
+}
+
+/* Write the Upgrade request into c->msg; remember the accept value due. */
+static size_t ws_handshake(struct conn *c)
+{
+	uint8_t raw[16], digest[SHA1_DIGEST_SIZE];
+	char key[BASE64_ENCODE_RAW_LENGTH(16) + 1];
+	struct sha1_ctx sha;
+	const struct dest *d = &dests[c->dst];
+	int n;
+
+	fill_random(raw, sizeof(raw));
+	base64_encode_raw(key, sizeof(raw), raw);
+	key[BASE64_ENCODE_RAW_LENGTH(16)] = '\0';
+	sha1_init(&sha);
+	sha1_update(&sha, strlen(key), (const uint8_t *)key);
+	sha1_update(&sha, sizeof(WS_GUID) - 1, (const uint8_t *)WS_GUID);
+	sha1_digest(&sha, sizeof(digest), digest);
+	base64_encode_raw(c->accept, sizeof(digest), digest);
+	c->accept[BASE64_ENCODE_RAW_LENGTH(SHA1_DIGEST_SIZE)] = '\0';
+	if (opt.origin == NULL)
+		n = snprintf(c->msg, msg_cap, "GET %s HTTP/1.1\r\nHost: %s\r\n"
+		    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+		    "Sec-WebSocket-Version: 13\r\nOrigin: http://%s\r\n\r\n",
+		    opt.ws, d->name, key, d->name);
+	else
+		n = snprintf(c->msg, msg_cap, "GET %s HTTP/1.1\r\nHost: %s\r\n"
+		    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+		    "Sec-WebSocket-Version: 13\r\n%s%s%s\r\n", opt.ws, d->name, key,
+		    *opt.origin ? "Origin: " : "", opt.origin, *opt.origin ? "\r\n" : "");
+	if (n < 0 || (size_t)n >= msg_cap)
+		die("WebSocket handshake longer than %zu bytes", msg_cap);
+	return (size_t)n;
+}
+
+/* does the comma-separated list v (n bytes) hold token tok, any case? */
+static int has_token(const char *v, size_t n, const char *tok)
+{
+	size_t tl = strlen(tok), i = 0;
+
+	while (i < n) {
+		size_t s, e;
+
+		while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+			i++;
+		s = i;
+		while (i < n && v[i] != ',')
+			i++;
+		e = i;
+		while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
+			e--;
+		if (e - s == tl && strncasecmp(v + s, tok, tl) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+/* The server's reply to the Upgrade (len bytes, up to the empty line). */
+static int ws_reply_ok(const struct conn *c, const char *h, size_t len)
+{
+	const char *p = h, *end = h + len;
+	int up = 0, conn = 0, acc = 0, first = 1;
+
+	while (p < end) {
+		const char *eol = memmem(p, (size_t)(end - p), "\r\n", 2), *colon, *v;
+		size_t ll, vl;
+
+		if (eol == NULL)
+			return 0;
+		ll = (size_t)(eol - p);
+		if (first) {
+			if (ll < 12 || memcmp(p, "HTTP/1.1 101", 12) != 0 ||
+			    (ll > 12 && p[12] != ' '))
+				return 0;
+			first = 0;
+		} else if (ll > 0 && (colon = memchr(p, ':', ll)) != NULL) {
+			size_t nl = (size_t)(colon - p);
+
+			v = colon + 1;
+			vl = (size_t)(eol - v);
+			while (vl > 0 && (*v == ' ' || *v == '\t')) {
+				v++;
+				vl--;
+			}
+			while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+				vl--;
+			if (nl == 7 && strncasecmp(p, "upgrade", 7) == 0)
+				up = vl == 9 && strncasecmp(v, "websocket", 9) == 0;
+			else if (nl == 10 && strncasecmp(p, "connection", 10) == 0)
+				conn = has_token(v, vl, "upgrade");
+			else if (nl == 20 && strncasecmp(p, "sec-websocket-accept", 20) == 0)
+				acc = vl == strlen(c->accept) && memcmp(v, c->accept, vl) == 0;
+		}
+		p = eol + 2;
+	}
+	return up && conn && acc;
+}
+
+/* ---- requests and replies ------------------------------------------------- */
+
 /* Write the request's sequence number into its first bytes, as hex. */
 static void stamp_request(struct conn *c)
 {
@@ -376,19 +637,22 @@ static void stamp_request(struct conn *c)
 	uint32_t v = ++c->seq;
 
 	for (i = 0; i < n; i++) {
-		c->req[n - 1 - i] = hex[v & 15];
+		c->pl[n - 1 - i] = hex[v & 15];
 		v >>= 4;
 	}
 }
 
 static void conn_fail(struct worker *w, struct conn *c, enum err_kind kind);
 static void conn_done(struct worker *w, struct conn *c, uint64_t now);
+static void fan_transport_up(struct worker *w, struct conn *c, uint64_t now);
+static int fan_line_input(struct worker *w, struct conn *c);
+static void fan_message(struct worker *w, struct conn *c, const char *m, size_t len);
 
 static void conn_flush(struct worker *w, struct conn *c)
 {
-	while (c->out_off < req_len) {
-		ssize_t n = send(c->fd, c->req + c->out_off,
-		    req_len - c->out_off, MSG_NOSIGNAL);
+	while (c->out_off < c->out_len) {
+		ssize_t n = send(c->fd, c->out + c->out_off,
+		    c->out_len - c->out_off, MSG_NOSIGNAL);
 
 		if (n > 0) {
 			c->out_off += (size_t)n;
@@ -397,40 +661,76 @@ static void conn_flush(struct worker *w, struct conn *c)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			c->state = C_SENDING;
+			if (c->state != C_SENDING) {
+				c->next = c->state;
+				c->state = C_SENDING;
+			}
 			set_events(w, c, EPOLLIN | EPOLLOUT | EPOLLRDHUP);
 			return;
 		}
 		conn_fail(w, c, classify(n < 0 ? errno : EPIPE));
 		return;
 	}
-	c->state = C_WAITING;
+	c->out_off = c->out_len = 0;
+	if (c->state == C_SENDING)
+		c->state = c->next;
 	set_events(w, c, EPOLLIN | EPOLLRDHUP);
+}
+
+/* Write len bytes of buf, then be in state next. */
+static void send_out(struct worker *w, struct conn *c, const char *buf, size_t len,
+    enum cstate next)
+{
+	c->out = buf;
+	c->out_off = 0;
+	c->out_len = len;
+	c->state = next;
+	conn_flush(w, c);
 }
 
 static void conn_request(struct worker *w, struct conn *c, uint64_t now)
 {
 	stamp_request(c);
+	if (opt.ws != NULL)
+		c->req_len = ws_frame(c->req, 1, c->pl, opt.size, rng_next(&w->rng));
 	c->t_req = now;
 	c->deadline = now + (uint64_t)(opt.timeout * (double)NSEC);
-	c->out_off = 0;
 	c->in_len = 0;
-	conn_flush(w, c);
+	send_out(w, c, c->req, c->req_len, C_WAITING);
+}
+
+/* The connection is established: upgrade it, or go on with the mode. */
+static void conn_up(struct worker *w, struct conn *c, uint64_t now)
+{
+	if (opt.ws != NULL) {
+		size_t n = ws_handshake(c);
+
+		c->deadline = now + (uint64_t)(opt.timeout * (double)NSEC);
+		send_out(w, c, c->msg, n, C_UPGRADE);
+		return;
+	}
+	if (opt.mode == MODE_FANOUT)
+		fan_transport_up(w, c, now);
+	else
+		conn_request(w, c, now);
 }
 
 /* Open a connection; the request goes out once it is established. */
 static void conn_start(struct worker *w, struct conn *c, uint64_t now)
 {
+	const struct dest *d = &dests[c->dst];
 	int fd, one = 1;
 
 	c->t_conn = now;
 	c->deadline = now + (uint64_t)(opt.timeout * (double)NSEC);
 	c->in_len = 0;
-	c->out_off = 0;
+	c->out_off = c->out_len = 0;
+	c->msg_len = 0;
+	c->in_msg = 0;
 	c->evmask = 0;
 	w->attempts++;
 	w->inflight++;
-	fd = socket(dst_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	fd = socket(d->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd == -1) {
 		c->fd = -1;
 		conn_fail(w, c, classify(errno));
@@ -451,8 +751,8 @@ static void conn_start(struct worker *w, struct conn *c, uint64_t now)
 			return;
 		}
 	}
-	if (connect(fd, (struct sockaddr *)&dst_addr, dst_len) == 0) {
-		conn_request(w, c, now);
+	if (connect(fd, (const struct sockaddr *)&d->addr, d->len) == 0) {
+		conn_up(w, c, now);
 		return;
 	}
 	if (errno != EINPROGRESS) {
@@ -463,53 +763,207 @@ static void conn_start(struct worker *w, struct conn *c, uint64_t now)
 	set_events(w, c, EPOLLOUT | EPOLLIN | EPOLLRDHUP);
 }
 
-/* Check one complete line (including its '\n') against the request. */
-static int reply_ok(const struct conn *c, const char *line, size_t len)
+/*
+ * Check a reply of len bytes, eol of which are its line ending, against the
+ * request.
+ */
+static int reply_ok(const struct conn *c, const char *m, size_t len, size_t eol)
 {
-	size_t body = len - 1;
-	size_t plen = req_len - opt.size;	/* line ending sent */
-
-	if (body > 0 && line[body - 1] == '\r')
-		body--;
-	if (opt.exact && len - body != plen)
+	if (opt.exact && eol != (opt.ws != NULL ? 0u : opt.crlf ? 2u : 1u))
 		return 0;
-	return body == opt.plen + opt.size &&
-	    memcmp(line, opt.prefix, opt.plen) == 0 &&
-	    memcmp(line + opt.plen, c->req, opt.size) == 0;
+	len -= eol;
+	return len == opt.plen + opt.size &&
+	    memcmp(m, opt.prefix, opt.plen) == 0 &&
+	    memcmp(m + opt.plen, c->pl, opt.size) == 0;
+}
+
+/* line modes: exactly one line in reply to the request, nothing else */
+static int line_input(struct worker *w, struct conn *c)
+{
+	char *nl = memchr(c->in, '\n', c->in_len);
+	size_t len, eol = 1;
+
+	if (c->state == C_HELD) {
+		/* nothing may arrive while a session is held */
+		show_bad_reply(c->in, c->in_len);
+		conn_fail(w, c, E_BADREPLY);
+		return 0;
+	}
+	if (nl == NULL)
+		return 1;
+	len = (size_t)(nl - c->in) + 1;
+	if (len > 1 && c->in[len - 2] == '\r')
+		eol = 2;
+	if (len != c->in_len || c->state != C_WAITING || !reply_ok(c, c->in, len, eol)) {
+		show_bad_reply(c->in, c->in_len);
+		conn_fail(w, c, E_BADREPLY);
+		return 0;
+	}
+	conn_done(w, c, now_ns());
+	return 0;
+}
+
+static void ws_pong(struct worker *w, struct conn *c, const char *pl, size_t len)
+{
+	char f[256];
+	size_t n = ws_frame(f, 0xA, pl, len, rng_next(&w->rng));
+
+	if (c->out_off < c->out_len)
+		return;		/* a request is going out; the server will ping again */
+	(void)send(c->fd, f, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+static int ws_bad(struct worker *w, struct conn *c, const char *what, size_t len)
+{
+	show_bad_reply(what, len);
+	conn_fail(w, c, E_BADREPLY);
+	return 0;
+}
+
+/* Frames from the server: unmasked, a message may come in fragments. */
+static int ws_input(struct worker *w, struct conn *c)
+{
+	size_t off = 0;
+
+	for (;;) {
+		const unsigned char *p = (const unsigned char *)c->in + off;
+		size_t avail = c->in_len - off, hl = 2, i;
+		uint64_t len;
+		unsigned op, fin;
+		const char *pl;
+
+		if (avail < 2)
+			break;
+		fin = p[0] & 0x80;
+		op = p[0] & 0x0f;
+		if ((p[0] & 0x70) != 0 || (p[1] & 0x80) != 0)
+			return ws_bad(w, c, c->in + off, avail);	/* RSV or mask */
+		len = p[1] & 0x7f;
+		if (len == 126) {
+			if (avail < 4)
+				break;
+			len = (uint64_t)p[2] << 8 | p[3];
+			hl = 4;
+		} else if (len == 127) {
+			if (avail < 10)
+				break;
+			for (len = 0, i = 2; i < 10; i++)
+				len = len << 8 | p[i];
+			hl = 10;
+		}
+		if (len > msg_cap)
+			return ws_bad(w, c, c->in + off, avail);	/* too big */
+		if (avail < hl + len)
+			break;
+		pl = c->in + off + hl;
+		off += hl + (size_t)len;
+		if (op & 8) {
+			if (!fin || len > 125)
+				return ws_bad(w, c, pl - hl, hl + (size_t)len);
+			if (op == 0x8) {	/* close */
+				conn_fail(w, c, E_EOF);
+				return 0;
+			}
+			if (op == 0x9)
+				ws_pong(w, c, pl, (size_t)len);
+			continue;
+		}
+		if (op == 0 ? !c->in_msg : (op != 1 && op != 2) || c->in_msg)
+			return ws_bad(w, c, pl - hl, hl + (size_t)len);
+		if (op != 0) {
+			c->in_msg = 1;
+			c->msg_len = 0;
+		}
+		if (c->msg_len + len > msg_cap)
+			return ws_bad(w, c, c->msg, c->msg_len);
+		memcpy(c->msg + c->msg_len, pl, (size_t)len);
+		c->msg_len += (size_t)len;
+		if (!fin)
+			continue;
+		c->in_msg = 0;
+		if (opt.mode == MODE_FANOUT) {
+			fan_message(w, c, c->msg, c->msg_len);
+			if (c->fd < 0)
+				return 0;
+			continue;
+		}
+		{
+			size_t eol = 0, ml = c->msg_len;
+
+			if (ml > 0 && c->msg[ml - 1] == '\n')
+				eol = ml > 1 && c->msg[ml - 2] == '\r' ? 2 : 1;
+			if (off != c->in_len || c->state != C_WAITING ||
+			    !reply_ok(c, c->msg, ml, eol))
+				return ws_bad(w, c, c->msg, ml);
+		}
+		conn_done(w, c, now_ns());
+		return 0;
+	}
+	if (off > 0) {
+		memmove(c->in, c->in + off, c->in_len - off);
+		c->in_len -= off;
+	}
+	return 1;
+}
+
+static int upgrade_input(struct worker *w, struct conn *c)
+{
+	char *end = memmem(c->in, c->in_len, "\r\n\r\n", 4);
+	size_t hl;
+
+	if (end == NULL) {
+		if (c->in_len < HS_MAX)
+			return 1;
+		show_bad_reply(c->in, c->in_len);
+		conn_fail(w, c, E_HANDSHAKE);
+		return 0;
+	}
+	hl = (size_t)(end - c->in) + 4;
+	if (c->state != C_UPGRADE || !ws_reply_ok(c, c->in, hl)) {
+		show_bad_reply(c->in, hl);
+		conn_fail(w, c, E_HANDSHAKE);
+		return 0;
+	}
+	c->in_len -= hl;
+	memmove(c->in, c->in + hl, c->in_len);
+	if (opt.mode == MODE_FANOUT) {
+		fan_transport_up(w, c, now_ns());
+		return c->fd >= 0 ? ws_input(w, c) : 0;
+	}
+	if (c->in_len > 0)
+		return ws_bad(w, c, c->in, c->in_len);
+	conn_request(w, c, now_ns());
+	return 0;
+}
+
+/* Bytes arrived: 1 to read on, 0 when the connection moved on or failed. */
+static int conn_input(struct worker *w, struct conn *c)
+{
+	if (lstate(c) == C_UPGRADE)
+		return upgrade_input(w, c);
+	if (opt.ws != NULL)
+		return ws_input(w, c);
+	if (opt.mode == MODE_FANOUT)
+		return fan_line_input(w, c);
+	return line_input(w, c);
 }
 
 static void conn_read(struct worker *w, struct conn *c)
 {
 	for (;;) {
-		ssize_t n = read(c->fd, c->in + c->in_len, in_cap - c->in_len);
+		size_t cap = lstate(c) == C_UPGRADE ? HS_MAX : in_cap;
+		ssize_t n;
 
+		if (c->in_len >= cap) {
+			show_bad_reply(c->in, c->in_len);
+			conn_fail(w, c, E_BADREPLY);
+			return;
+		}
+		n = read(c->fd, c->in + c->in_len, cap - c->in_len);
 		if (n > 0) {
-			char *nl = memchr(c->in + c->in_len, '\n', (size_t)n);
-
 			c->in_len += (size_t)n;
-			if (c->state == C_HELD) {
-				/* nothing may arrive while a session is held */
-				show_bad_reply(c->in, c->in_len);
-				conn_fail(w, c, E_BADREPLY);
+			if (!conn_input(w, c))
 				return;
-			}
-			if (nl != NULL) {
-				size_t len = (size_t)(nl - c->in) + 1;
-
-				if (len != c->in_len || c->state != C_WAITING ||
-				    !reply_ok(c, c->in, len)) {
-					show_bad_reply(c->in, c->in_len);
-					conn_fail(w, c, E_BADREPLY);
-					return;
-				}
-				conn_done(w, c, now_ns());
-				return;
-			}
-			if (c->in_len >= in_cap) {
-				show_bad_reply(c->in, c->in_len);
-				conn_fail(w, c, E_BADREPLY);
-				return;
-			}
 			continue;
 		}
 		if (n == 0) {
@@ -529,6 +983,8 @@ static void conn_read(struct worker *w, struct conn *c)
 
 static void conn_event(struct worker *w, struct conn *c, uint32_t ev)
 {
+	enum cstate st;
+
 	if (c->state == C_CONNECTING) {
 		int err = 0;
 		socklen_t len = sizeof(err);
@@ -545,16 +1001,17 @@ static void conn_event(struct worker *w, struct conn *c, uint32_t ev)
 			conn_fail(w, c, E_RESET);
 			return;
 		}
-		conn_request(w, c, now_ns());
+		conn_up(w, c, now_ns());
 		return;
 	}
 	if (c->state == C_SENDING && (ev & EPOLLOUT)) {
 		conn_flush(w, c);
-		if (c->state != C_SENDING && c->state != C_WAITING)
+		if (c->fd < 0)
 			return;
 	}
-	if ((c->state == C_SENDING || c->state == C_WAITING || c->state == C_HELD) &&
-	    (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+	st = lstate(c);
+	if ((st == C_UPGRADE || st == C_WAITING || st == C_HELD || st == C_JOINING ||
+	    st == C_MEMBER) && (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
 		conn_read(w, c);
 }
 
@@ -599,12 +1056,14 @@ static void conn_done(struct worker *w, struct conn *c, uint64_t now)
 			w->ok_end++;
 		}
 		break;
+	case MODE_FANOUT:
+		break;
 	}
 }
 
 static void conn_fail(struct worker *w, struct conn *c, enum err_kind kind)
 {
-	enum cstate was = c->state;
+	enum cstate was = lstate(c);
 
 	conn_close(c);
 	switch (opt.mode) {
@@ -632,7 +1091,237 @@ static void conn_fail(struct worker *w, struct conn *c, enum err_kind kind)
 			w->resolved++;
 		}
 		break;
+	case MODE_FANOUT:
+		c->state = C_DEAD;
+		w->errors[kind]++;
+		if (c->sender) {
+			atomic_store(&fan_sender_dead, 1);
+		} else if (was == C_MEMBER) {
+			/* what it has not received yet counts as lost */
+			w->dropped++;
+			if (!c->synced)
+				atomic_fetch_add(&fan_lost_unsynced, 1);
+		} else {
+			atomic_fetch_add(&fan_failed, 1);
+			w->inflight--;
+		}
+		break;
 	}
+}
+
+/* ---- fanout ----------------------------------------------------------------- */
+
+/* Queue bytes to a fanout connection; -1 when its queue is full. */
+static int fan_queue(struct worker *w, struct conn *c, const char *data, size_t len)
+{
+	if (c->out_off > 0 && c->out_len + len > c->req_len) {
+		memmove(c->req, c->req + c->out_off, c->out_len - c->out_off);
+		c->out_len -= c->out_off;
+		c->out_off = 0;
+	}
+	if (c->out_len + len > c->req_len)
+		return -1;
+	memcpy(c->req + c->out_len, data, len);
+	c->out = c->req;
+	c->out_len += len;
+	if (c->state != C_SENDING)
+		conn_flush(w, c);
+	return 0;
+}
+
+/* Send one chat message: a line, or a WebSocket text {"message": "..."}. */
+static int fan_say(struct worker *w, struct conn *c, const char *body)
+{
+	char buf[FAN_BUF];
+	size_t n = strlen(body);
+
+	if (opt.ws == NULL) {
+		if (n + 1 > sizeof(buf))
+			return -1;
+		memcpy(buf, body, n);
+		buf[n++] = '\n';
+		return fan_queue(w, c, buf, n);
+	} else {
+		char js[FAN_BUF - 32];
+		int jl = snprintf(js, sizeof(js), "{\"message\": \"%s\"}", body);
+
+		if (jl < 0 || (size_t)jl >= sizeof(js))
+			return -1;
+		n = ws_frame(buf, 1, js, (size_t)jl, rng_next(&w->rng));
+		return fan_queue(w, c, buf, n);
+	}
+}
+
+static void fan_in_room(struct worker *w, struct conn *c)
+{
+	set_lstate(c, C_MEMBER);
+	w->inflight--;
+	if (!c->sender) {
+		c->counted = 1;
+		atomic_fetch_add(&fan_ready, 1);
+	}
+}
+
+/* TCP (lines) or the 101 (WebSocket) is there: join the room. */
+static void fan_transport_up(struct worker *w, struct conn *c, uint64_t now)
+{
+	char cmd[128];
+
+	c->deadline = now + (uint64_t)(opt.timeout * (double)NSEC);
+	c->state = C_JOINING;
+	set_events(w, c, EPOLLIN | EPOLLRDHUP);
+	if (opt.ws != NULL) {
+		/* the WebSocket room takes its members as they connect */
+		fan_in_room(w, c);
+		return;
+	}
+	if (c->sender) {
+		snprintf(cmd, sizeof(cmd), "/nick %s\n", fan_nick);
+		if (fan_queue(w, c, cmd, strlen(cmd)) == -1 || c->fd < 0)
+			return;
+	}
+	snprintf(cmd, sizeof(cmd), "/join %s\n", opt.room);
+	(void)fan_queue(w, c, cmd, strlen(cmd));
+}
+
+/* A chat message's text: "fb RUN SEQ TS ..." or "fb RUN s 0 ...". */
+static void fan_body(struct worker *w, struct conn *c, const char *b, size_t len,
+    uint64_t now)
+{
+	size_t rl = strlen(fan_run);
+	char num[48], *e;
+	uint64_t seq, ts;
+	const char *p, *end = b + len;
+
+	if (len < 3 + rl + 1 || memcmp(b, "fb ", 3) != 0 || memcmp(b + 3, fan_run, rl) != 0 ||
+	    b[3 + rl] != ' ')
+		return;		/* someone else's words */
+	p = b + 3 + rl + 1;
+	if (p < end && *p == 's') {
+		if (!c->synced && !c->sender) {
+			c->synced = 1;
+			atomic_fetch_add(&fan_synced, 1);
+		}
+		return;
+	}
+	if (c->sender)
+		return;		/* its own, from rooms that echo */
+	len = (size_t)(end - p) < sizeof(num) - 1 ? (size_t)(end - p) : sizeof(num) - 1;
+	memcpy(num, p, len);
+	num[len] = '\0';
+	seq = strtoull(num, &e, 10);
+	if (*e != ' ')
+		return;
+	ts = strtoull(e + 1, &e, 10);
+	if (seq >= fan_msgs || c->seen == NULL)
+		return;
+	if (c->seen[seq >> 3] & (1u << (seq & 7))) {
+		w->dup++;
+		return;
+	}
+	c->seen[seq >> 3] |= (uint8_t)(1u << (seq & 7));
+	if ((int64_t)seq < c->last_seq)
+		w->ooo++;
+	else
+		c->last_seq = (int64_t)seq;
+	atomic_fetch_add_explicit(&fan_delivered, 1, memory_order_relaxed);
+	w->requests++;
+	hist_add(&w->h, now > ts ? now - ts : 0);
+}
+
+static void fan_line(struct worker *w, struct conn *c, const char *l, size_t len)
+{
+	if (lstate(c) == C_JOINING) {
+		size_t rl = strlen(opt.room);
+
+		if (len >= 4 && memcmp(l, "ERR ", 4) == 0) {
+			show_bad_reply(l, len);
+			conn_fail(w, c, E_BADREPLY);
+		} else if ((len == 13 + rl && memcmp(l, "* you joined ", 13) == 0 &&
+		    memcmp(l + 13, opt.room, rl) == 0) ||
+		    (len == 21 + rl && memcmp(l, "* you are already in ", 21) == 0 &&
+		    memcmp(l + 21, opt.room, rl) == 0)) {
+			fan_in_room(w, c);
+		}
+		return;
+	}
+	if (len > 0 && l[0] == '[') {
+		const char *b = memmem(l, len, "] ", 2);
+
+		if (b != NULL)
+			fan_body(w, c, b + 2, len - (size_t)(b + 2 - l), now_ns());
+	}
+}
+
+static int fan_line_input(struct worker *w, struct conn *c)
+{
+	size_t off = 0;
+	char *nl;
+
+	while ((nl = memchr(c->in + off, '\n', c->in_len - off)) != NULL) {
+		size_t len = (size_t)(nl - (c->in + off));
+
+		if (len > 0 && c->in[off + len - 1] == '\r')
+			len--;
+		fan_line(w, c, c->in + off, len);
+		if (c->fd < 0)
+			return 0;
+		off = (size_t)(nl - c->in) + 1;
+	}
+	if (off > 0) {
+		memmove(c->in, c->in + off, c->in_len - off);
+		c->in_len -= off;
+	}
+	return 1;
+}
+
+/* A WebSocket message: JSON with a "message" string, or plain text. */
+static void fan_message(struct worker *w, struct conn *c, const char *m, size_t len)
+{
+	char body[FAN_BUF];
+	const char *p = memmem(m, len, "\"message\"", 9), *end = m + len;
+	size_t o = 0;
+
+	if (lstate(c) != C_MEMBER)
+		return;
+	if (p == NULL) {
+		/* plain text: the text itself, or a chat line "[nick] text" */
+		const char *b = len > 0 && m[0] == '[' ? memmem(m, len, "] ", 2) : NULL;
+
+		if (b != NULL) {
+			len -= (size_t)(b + 2 - m);
+			m = b + 2;
+		}
+		while (len > 0 && (m[len - 1] == '\n' || m[len - 1] == '\r'))
+			len--;
+		fan_body(w, c, m, len, now_ns());
+		return;
+	}
+	p += 9;
+	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+		p++;
+	if (p >= end || *p++ != ':')
+		return;
+	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+		p++;
+	if (p >= end || *p++ != '"')
+		return;
+	/* the text of our messages needs no escapes; others' is skipped over */
+	while (p < end && *p != '"' && o < sizeof(body)) {
+		if (*p == '\\') {
+			if (++p >= end)
+				return;
+			if (*p == 'u') {
+				body[o++] = '?';
+				p += p + 5 <= end ? 5 : (size_t)(end - p);
+				continue;
+			}
+		}
+		body[o++] = *p++;
+	}
+	if (p >= end || *p != '"')
+		return;
+	fan_body(w, c, body, o, now_ns());
 }
 
 static void sweep(struct worker *w, uint64_t now)
@@ -642,10 +1331,11 @@ static void sweep(struct worker *w, uint64_t now)
 	for (i = 0; i < w->nconns; i++) {
 		struct conn *c = &w->conns[i];
 
-		switch (c->state) {
+		switch (lstate(c)) {
 		case C_CONNECTING:
-		case C_SENDING:
+		case C_UPGRADE:
 		case C_WAITING:
+		case C_JOINING:
 			if (now >= c->deadline)
 				conn_fail(w, c, E_TIMEOUT);
 			break;
@@ -833,6 +1523,140 @@ static void run_hold(struct worker *w, unsigned cap)
 	}
 }
 
+/* fanout, receiving members: open them, then read until the run is over */
+static void run_fanout_members(struct worker *w)
+{
+	uint64_t now = now_ns(), last_sweep = now;
+	unsigned next = 0, cap = 256;
+
+	cap = (cap + opt.threads - 1) / opt.threads;
+	while (!atomic_load(&fan_stop)) {
+		now = now_ns();
+		if (now - t_start < HOLD_OPEN_CAP) {
+			while (w->inflight < cap && next < w->nconns)
+				conn_start(w, &w->conns[next++], now);
+		} else if (next < w->nconns) {
+			/* out of time to open the rest: they count as failed */
+			atomic_fetch_add(&fan_failed, w->nconns - next);
+			w->errors[E_TIMEOUT] += w->nconns - next;
+			next = w->nconns;
+		}
+		poll_once(w, 10);
+		now = now_ns();
+		if (now - last_sweep >= SWEEP_EVERY) {
+			sweep(w, now);
+			last_sweep = now;
+		}
+	}
+}
+
+/* poll the sender's connection until cond() or the deadline */
+static void sender_wait(struct worker *w, int (*cond)(void), uint64_t until)
+{
+	uint64_t now, last_sweep = now_ns();
+
+	while (!cond() && !atomic_load(&fan_sender_dead) && (now = now_ns()) < until) {
+		poll_once(w, ms_until(until, now, 10));
+		now = now_ns();
+		if (now - last_sweep >= SWEEP_EVERY) {
+			sweep(w, now);
+			last_sweep = now;
+		}
+	}
+}
+
+static int sender_in_room(void)
+{
+	return lstate(&workers[opt.threads].conns[0]) == C_MEMBER;
+}
+
+static int members_settled(void)
+{
+	return atomic_load(&fan_ready) + atomic_load(&fan_failed) >= fan_members;
+}
+
+static int members_synced(void)
+{
+	return atomic_load(&fan_synced) + atomic_load(&fan_lost_unsynced) >=
+	    atomic_load(&fan_ready);
+}
+
+static int all_delivered(void)
+{
+	return atomic_load(&fan_delivered) >= fan.sent * fan.ready;
+}
+
+/* fanout, the sender: in the room, wait for the members, sync, send, drain */
+static void run_fanout_sender(struct worker *w)
+{
+	struct conn *c = &w->conns[0];
+	uint64_t now = now_ns(), interval, due, sync_end;
+	char body[FAN_BUF / 2];
+	size_t pad;
+	int n;
+
+	w->inflight = 0;
+	conn_start(w, c, now);
+	sender_wait(w, sender_in_room, now + (uint64_t)(opt.timeout * (double)NSEC));
+	if (!sender_in_room()) {
+		if (!atomic_load(&fan_sender_dead))
+			w->errors[E_TIMEOUT]++;
+		fprintf(stderr, "forkd-bench: the sender could not join %s on %s\n",
+		    opt.room, dests[c->dst].name);
+		goto out;
+	}
+	sender_wait(w, members_settled, t_start + HOLD_OPEN_CAP);
+	fan.t_joined = now_ns();
+	printf("joined: %u of %u members in %.2f s\n", atomic_load(&fan_ready),
+	    fan_members, (double)(fan.t_joined - t_start) / NSEC);
+
+	/* a member that has seen a sync message will see every later one */
+	sync_end = now_ns() + (uint64_t)(opt.sync_wait * (double)NSEC);
+	while (!members_synced() && !atomic_load(&fan_sender_dead) &&
+	    (now = now_ns()) < sync_end) {
+		snprintf(body, sizeof(body), "fb %s s 0", fan_run);
+		if (fan_say(w, c, body) == -1)
+			break;
+		sender_wait(w, members_synced, now + SYNC_EVERY);
+	}
+	fan.t_synced = now_ns();
+	fan.ready = atomic_load(&fan_ready);
+	fan.unsynced = fan.ready - atomic_load(&fan_synced);
+	if (fan.unsynced > 0)
+		fprintf(stderr, "forkd-bench: %u member(s) never saw a sync message in %.2f s\n",
+		    fan.unsynced, opt.sync_wait);
+
+	interval = (uint64_t)((double)NSEC / opt.rate);
+	fan.t_first = due = now_ns();
+	while (fan.sent + fan.send_failed < fan_msgs && !atomic_load(&fan_sender_dead)) {
+		now = now_ns();
+		while (due <= now && fan.sent + fan.send_failed < fan_msgs) {
+			uint64_t seq = fan.sent + fan.send_failed;
+
+			n = snprintf(body, sizeof(body), "fb %s %" PRIu64 " %" PRIu64,
+			    fan_run, seq, now_ns());
+			for (pad = (size_t)n; pad < opt.size && pad < sizeof(body) - 1; pad++)
+				body[pad] = '.';
+			body[pad] = '\0';
+			if (fan_say(w, c, body) == 0)
+				fan.sent++;
+			else
+				fan.send_failed++;
+			if (c->fd < 0)
+				break;
+			due += interval;
+		}
+		if (c->fd < 0)
+			break;
+		poll_once(w, ms_until(due, now_ns(), 10));
+	}
+	fan.t_last = now_ns();
+	sender_wait(w, all_delivered, fan.t_last + (uint64_t)(opt.drain * (double)NSEC));
+	fan.t_drained = now_ns();
+out:
+	atomic_store(&fan_stop, 1);
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -851,6 +1675,12 @@ static void *worker_main(void *arg)
 		run_hold(w, cap ? cap : 1);
 		break;
 	}
+	case MODE_FANOUT:
+		if (w->idx == opt.threads)
+			run_fanout_sender(w);
+		else
+			run_fanout_members(w);
+		break;
 	}
 	close_all(w);
 	return NULL;
@@ -888,26 +1718,83 @@ static void raise_nofile(unsigned long need)
 		    (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max);
 }
 
-static void resolve(void)
+static void add_dest(const char *host, const char *port)
 {
 	struct addrinfo hints, *res;
+	struct dest *d;
 	int rc;
 
+	if (ndests == MAX_DESTS) {
+		fprintf(stderr, "forkd-bench: at most %d servers\n", MAX_DESTS);
+		exit(2);
+	}
+	d = &dests[ndests++];
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
 	hints.ai_flags = AI_NUMERICSERV;
-	rc = getaddrinfo(opt.host, opt.port, &hints, &res);
+	rc = getaddrinfo(host, port, &hints, &res);
 	if (rc != 0 || res == NULL) {
 		fprintf(stderr, "forkd-bench: cannot resolve %s port %s: %s\n",
-		    opt.host, opt.port, gai_strerror(rc));
+		    host, port, gai_strerror(rc));
 		exit(2);
 	}
-	memcpy(&dst_addr, res->ai_addr, res->ai_addrlen);
-	dst_len = res->ai_addrlen;
+	memcpy(&d->addr, res->ai_addr, res->ai_addrlen);
+	d->len = res->ai_addrlen;
 	freeaddrinfo(res);
-	if (opt.sources > 0 && dst_addr.ss_family != AF_INET) {
+	snprintf(d->name, sizeof(d->name), strchr(host, ':') != NULL ? "[%s]:%s" : "%s:%s",
+	    host, port);
+	if (opt.sources > 0 && d->addr.ss_family != AF_INET) {
 		fprintf(stderr, "forkd-bench: --sources needs an IPv4 --host\n");
+		exit(2);
+	}
+}
+
+static void check_port(const char *p)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(p, &end, 10);
+	if (*p < '0' || *p > '9' || errno != 0 || *end != '\0' || v < 1 || v > 65535) {
+		fprintf(stderr, "forkd-bench: '%s' is not a port from 1 to 65535\n"
+		    "(forkd-bench --help for usage)\n", p);
+		exit(2);
+	}
+}
+
+/* --port P[,P...] on --host, or --connect HOST:PORT[,HOST:PORT...] */
+static void resolve(void)
+{
+	char *list = strdup(opt.connect != NULL ? opt.connect : opt.port), *item, *save;
+
+	if (list == NULL)
+		die("out of memory");
+	for (item = strtok_r(list, ",", &save); item != NULL; item = strtok_r(NULL, ",", &save)) {
+		char *host = (char *)opt.host, *port = item, *colon;
+
+		if (opt.connect != NULL) {
+			colon = strrchr(item, ':');
+			if (colon == NULL || colon == item) {
+				fprintf(stderr, "forkd-bench: --connect: '%s' is not HOST:PORT\n",
+				    item);
+				exit(2);
+			}
+			*colon = '\0';
+			host = item;
+			port = colon + 1;
+			if (host[0] == '[' && colon[-1] == ']') {
+				colon[-1] = '\0';
+				host++;
+			}
+		}
+		check_port(port);
+		add_dest(host, port);
+	}
+	free(list);
+	if (ndests == 0) {
+		fprintf(stderr, "forkd-bench: no server given\n");
 		exit(2);
 	}
 }
@@ -915,28 +1802,46 @@ static void resolve(void)
 static void usage(FILE *f)
 {
 	fputs(
-"usage: forkd-bench MODE --port PORT [options]\n"
+"usage: forkd-bench MODE --port PORT[,PORT...] [options]\n"
+"       forkd-bench MODE --connect HOST:PORT[,HOST:PORT...] [options]\n"
 "modes:\n"
 "  rr       round trips: N connections, one request in flight each\n"
 "  churn    connect, one request, verify, close; repeatedly\n"
 "  hold     open K sessions, verify, hold them, verify again\n"
+"  fanout   chat: N members in a room, one sends R messages/s, every\n"
+"           other member must receive each one\n"
 "options:\n"
 "  -H, --host ADDR        server address (default 127.0.0.1)\n"
-"  -p, --port PORT        server port (required)\n"
+"  -p, --port PORT[,..]   server port(s); connections go round the list\n"
+"      --connect LIST     servers as HOST:PORT,HOST:PORT,... instead\n"
 "  -c, --connections N    rr: connections (50); churn: concurrent (50);\n"
-"                         hold: sessions opened at a time (512)\n"
-"  -P, --size BYTES       payload bytes per request line (16)\n"
-"  -d, --duration SEC     measured time, rr and churn (10)\n"
+"                         hold: sessions opened at a time (512);\n"
+"                         fanout: members, the sender included (50)\n"
+"  -P, --size BYTES       payload bytes per request line (16); fanout:\n"
+"                         messages are padded to this length\n"
+"  -d, --duration SEC     measured time, rr and churn; fanout: sending (10)\n"
 "  -w, --warmup SEC       warm-up before measuring, rr and churn (1)\n"
-"  -t, --threads N        client threads (1)\n"
+"  -t, --threads N        client threads (1); fanout: for the receivers,\n"
+"                         the sender has its own\n"
 "  -k, --sessions K       hold: sessions (1000)\n"
 "      --hold-time SEC    hold: how long to keep them open (5)\n"
-"  -r, --rate N           churn: target connections per second (as fast as possible)\n"
+"  -r, --rate N           churn: target connections per second (as fast as\n"
+"                         possible); fanout: messages per second (10)\n"
 "  -s, --sources K        bind client sockets to 127.0.0.1..127.0.0.K in turn\n"
 "  -x, --prefix TEXT      expected reply prefix (\"Echo: \"; \"\" = plain echo)\n"
 "      --lf | --crlf      line ending sent (--lf)\n"
 "      --exact            the reply must end with the line ending sent\n"
+"                         (WebSocket: with none)\n"
 "      --timeout SEC      connect and reply timeout (5)\n"
+"      --ws PATH          speak WebSocket (RFC 6455) to PATH: one request, one\n"
+"                         text message; one reply, one text message\n"
+"      --origin URL       Origin of the WebSocket handshake (http://HOST:PORT;\n"
+"                         \"\" = none)\n"
+"      --room NAME        fanout, lines: the room joined (fanout)\n"
+"      --drain SEC        fanout: longest wait for deliveries after the last\n"
+"                         message is sent (5)\n"
+"      --sync-wait SEC    fanout: longest wait for every member to see the\n"
+"                         sender before it starts (30)\n"
 "  -l, --label NAME       copied into the SUMMARY line\n"
 "  -h, --help             this text\n"
 "The last line printed is the machine-readable SUMMARY line.\n", f);
@@ -982,7 +1887,8 @@ static double parse_sec(const char *name, const char *s, double lo, double hi)
 	return v;
 }
 
-enum { O_HOLD = 256, O_LF, O_CRLF, O_EXACT, O_TIMEOUT };
+enum { O_HOLD = 256, O_LF, O_CRLF, O_EXACT, O_TIMEOUT, O_WS, O_ORIGIN, O_ROOM,
+	O_DRAIN, O_CONNECT, O_SYNCWAIT };
 
 static void parse_args(int argc, char **argv)
 {
@@ -1004,12 +1910,18 @@ static void parse_args(int argc, char **argv)
 		{ "exact", no_argument, NULL, O_EXACT },
 		{ "timeout", required_argument, NULL, O_TIMEOUT },
 		{ "label", required_argument, NULL, 'l' },
+		{ "ws", required_argument, NULL, O_WS },
+		{ "origin", required_argument, NULL, O_ORIGIN },
+		{ "room", required_argument, NULL, O_ROOM },
+		{ "drain", required_argument, NULL, O_DRAIN },
+		{ "connect", required_argument, NULL, O_CONNECT },
+		{ "sync-wait", required_argument, NULL, O_SYNCWAIT },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int ch;
 	const char *m;
-	unsigned long port;
+	size_t i;
 
 	opterr = 0;
 	while ((ch = getopt_long(argc, argv, ":H:p:c:P:d:w:t:k:r:s:x:l:h",
@@ -1017,8 +1929,6 @@ static void parse_args(int argc, char **argv)
 		switch (ch) {
 		case 'H': opt.host = optarg; break;
 		case 'p':
-			port = parse_uint("--port", optarg, 1, 65535);
-			(void)port;
 			opt.port = optarg;
 			break;
 		case 'c':
@@ -1049,6 +1959,29 @@ static void parse_args(int argc, char **argv)
 				bad("--label: must be non-empty, without spaces or '='");
 			opt.label = optarg;
 			break;
+		case O_WS:
+			if (optarg[0] != '/' || strlen(optarg) > 1024)
+				bad("--ws: a path starting with '/', up to 1024 bytes");
+			for (i = 0; optarg[i] != '\0'; i++)
+				if ((unsigned char)optarg[i] <= ' ' || optarg[i] == 0x7f)
+					bad("--ws: no spaces or control bytes in the path");
+			opt.ws = optarg;
+			break;
+		case O_ORIGIN:
+			if (strlen(optarg) > 1024 || strpbrk(optarg, "\r\n") != NULL)
+				bad("--origin: one line of up to 1024 bytes");
+			opt.origin = optarg;
+			break;
+		case O_ROOM:
+			if (*optarg == '\0' || strlen(optarg) > 32 ||
+			    strspn(optarg, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+			    "0123456789_-.") != strlen(optarg))
+				bad("--room: 1-32 letters, digits, '_', '-' or '.'");
+			opt.room = optarg;
+			break;
+		case O_DRAIN: opt.drain = parse_sec("--drain", optarg, 0, 3600); break;
+		case O_CONNECT: opt.connect = optarg; break;
+		case O_SYNCWAIT: opt.sync_wait = parse_sec("--sync-wait", optarg, 0, 3600); break;
 		case 'h':
 			usage(stdout);
 			exit(0);
@@ -1061,7 +1994,7 @@ static void parse_args(int argc, char **argv)
 		}
 	}
 	if (optind >= argc)
-		bad("no mode given (rr, churn or hold)");
+		bad("no mode given (rr, churn, hold or fanout)");
 	m = argv[optind++];
 	if (strcmp(m, "rr") == 0)
 		opt.mode = MODE_RR;
@@ -1069,12 +2002,28 @@ static void parse_args(int argc, char **argv)
 		opt.mode = MODE_CHURN;
 	else if (strcmp(m, "hold") == 0)
 		opt.mode = MODE_HOLD;
+	else if (strcmp(m, "fanout") == 0)
+		opt.mode = MODE_FANOUT;
 	else
-		bad("unknown mode '%s' (rr, churn or hold)", m);
+		bad("unknown mode '%s' (rr, churn, hold or fanout)", m);
 	if (optind < argc)
 		bad("unexpected argument '%s'", argv[optind]);
-	if (opt.port == NULL)
-		bad("--port is required");
+	if (opt.port == NULL && opt.connect == NULL)
+		bad("--port or --connect is required");
+	if (opt.port != NULL && opt.connect != NULL)
+		bad("--port and --connect exclude each other");
+	if (opt.mode == MODE_FANOUT) {
+		if (opt.conns < 2)
+			bad("fanout: at least 2 members (-c), one sends");
+		if (opt.rate == 0)
+			opt.rate = 10;
+		if (opt.rate * opt.duration > FAN_MSGS_MAX)
+			bad("fanout: --rate x --duration is more than %d messages", FAN_MSGS_MAX);
+		if ((opt.rate * opt.duration / 8 + 1) * opt.conns > 1e9)
+			bad("fanout: --rate x --duration x members is too much to track");
+		if (opt.size > FAN_BUF / 4)
+			bad("fanout: --size at most %d", FAN_BUF / 4);
+	}
 	opt.plen = strlen(opt.prefix);
 }
 
@@ -1106,9 +2055,12 @@ int main(int argc, char **argv)
 {
 	struct hist *h;
 	uint64_t errs[E_NKINDS] = { 0 }, nerr = 0, requests = 0, all = 0, missed = 0;
-	uint64_t ok_start = 0, ok_end = 0, dropped = 0, t_open = 0;
+	uint64_t ok_start = 0, ok_end = 0, dropped = 0, t_open = 0, dup = 0, ooo = 0;
+	const char *shost, *sport;
 	unsigned long need;
-	unsigned units, i, j;
+	unsigned units, nworkers, gidx, i, j;
+	size_t k, o;
+	char where[MAX_DESTS * 64];
 	int rc = 0;
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1116,60 +2068,123 @@ int main(int argc, char **argv)
 	parse_args(argc, argv);
 	resolve();
 
-	units = opt.mode == MODE_HOLD ? opt.sessions : opt.conns;
+	units = opt.mode == MODE_HOLD ? opt.sessions :
+	    opt.mode == MODE_FANOUT ? opt.conns - 1 : opt.conns;
 	if (opt.threads > units)
 		opt.threads = units;
 	need = (unsigned long)units + 32 + 2 * opt.threads;
 	raise_nofile(need);
 
-	req_len = opt.size + (opt.crlf ? 2 : 1);
-	in_cap = opt.plen + opt.size + 2 + 1;
+	where[0] = '\0';
+	for (i = 0, o = 0; i < ndests; i++) {
+		snprintf(where + o, sizeof(where) - o, "%s%s", i ? "," : "", dests[i].name);
+		o += strlen(where + o);
+	}
+	if (opt.ws != NULL) {
+		size_t hs = strlen(opt.ws) + 2 * sizeof(dests[0].name) + 256;
 
-	workers = xcalloc(opt.threads, sizeof(*workers));
-	for (i = 0; i < opt.threads; i++) {
+		if (opt.origin != NULL)
+			hs += strlen(opt.origin);
+		in_cap = HS_MAX;
+		msg_cap = opt.plen + opt.size + 2 + 512;
+		if (msg_cap < hs)
+			msg_cap = hs;	/* the handshake is written there first */
+	} else {
+		in_cap = opt.plen + opt.size + 2 + 1;
+	}
+	if (opt.mode == MODE_FANOUT) {
+		uint8_t r[6];
+
+		in_cap = FAN_BUF;
+		msg_cap = FAN_BUF;
+		fan_members = units;
+		fan_msgs = (uint64_t)llround(opt.rate * opt.duration);
+		fill_random(r, sizeof(r));
+		for (k = 0; k < sizeof(r); k++)
+			fan_run[k] = "abcdefghijklmnopqrstuvwxyz0123456789"[r[k] % 36];
+		snprintf(fan_nick, sizeof(fan_nick), "fbs%s", fan_run);
+	}
+
+	/* fanout: one more worker, the sender's, with one connection */
+	nworkers = opt.threads + (opt.mode == MODE_FANOUT);
+	workers = xcalloc(nworkers, sizeof(*workers));
+	for (i = 0, gidx = 1; i < nworkers; i++) {
 		struct worker *w = &workers[i];
+		int sender = opt.mode == MODE_FANOUT && i == opt.threads;
 
 		w->idx = i;
-		w->nconns = units / opt.threads + (i < units % opt.threads);
+		fill_random(&w->rng, sizeof(w->rng));
+		w->rng |= 1;
+		w->nconns = sender ? 1 : units / opt.threads + (i < units % opt.threads);
 		w->conns = xcalloc(w->nconns, sizeof(*w->conns));
 		w->ep = epoll_create1(EPOLL_CLOEXEC);
 		if (w->ep == -1)
 			die("epoll_create1: %s", strerror(errno));
 		for (j = 0; j < w->nconns; j++) {
 			struct conn *c = &w->conns[j];
-			size_t k;
 
 			c->fd = -1;
-			c->req = xcalloc(1, req_len + 1);
 			c->in = xcalloc(1, in_cap + 1);
-			for (k = 0; k < opt.size; k++)
-				c->req[k] = "abcdefghijklmnopqrstuvwxyz0123456789"[(k + j) % 36];
-			memcpy(c->req + opt.size, opt.crlf ? "\r\n" : "\n", opt.crlf ? 2 : 1);
+			if (opt.ws != NULL)
+				c->msg = xcalloc(1, msg_cap + 1);
 			c->seq = (uint32_t)((i * 1000003u + j) * 7919u);
+			if (opt.mode == MODE_FANOUT) {
+				c->sender = sender;
+				c->dst = sender ? 0 : gidx++ % ndests;
+				c->req_len = sender ? FAN_OUT : 4096;
+				c->req = xcalloc(1, c->req_len);
+				c->last_seq = -1;
+				if (!sender)
+					c->seen = xcalloc(1, (size_t)(fan_msgs / 8 + 1));
+				continue;
+			}
+			c->dst = gidx++ % ndests;
+			c->pl = xcalloc(1, opt.size + 2);
+			for (k = 0; k < opt.size; k++)
+				c->pl[k] = "abcdefghijklmnopqrstuvwxyz0123456789"[(k + j) % 36];
+			if (opt.ws != NULL) {
+				c->req = xcalloc(1, ws_frame_len(opt.size));
+			} else {
+				/* the payload is the start of the line sent */
+				c->req_len = opt.size + (opt.crlf ? 2 : 1);
+				c->req = c->pl;
+				memcpy(c->req + opt.size, opt.crlf ? "\r\n" : "\n",
+				    opt.crlf ? 2 : 1);
+			}
 		}
 	}
 
 	switch (opt.mode) {
 	case MODE_RR:
-		printf("rr: %s port %s, %u connections, %zu-byte payload, %u thread(s), "
-		    "%.2f s warm-up + %.2f s\n", opt.host, opt.port, opt.conns,
+		printf("rr: %s%s%s, %u connections, %zu-byte payload, %u thread(s), "
+		    "%.2f s warm-up + %.2f s\n", where, opt.ws ? " WebSocket " : "",
+		    opt.ws ? opt.ws : "", opt.conns,
 		    opt.size, opt.threads, opt.warmup, opt.duration);
 		break;
 	case MODE_CHURN:
 		if (opt.rate > 0)
-			printf("churn: %s port %s, target %.0f connections/s, at most %u "
-			    "in flight, ", opt.host, opt.port, opt.rate, opt.conns);
+			printf("churn: %s, target %.0f connections/s, at most %u "
+			    "in flight, ", where, opt.rate, opt.conns);
 		else
-			printf("churn: %s port %s, %u concurrent, as fast as possible, ",
-			    opt.host, opt.port, opt.conns);
+			printf("churn: %s, %u concurrent, as fast as possible, ",
+			    where, opt.conns);
 		printf("%zu-byte payload, %u thread(s), %u source address(es), "
 		    "%.2f s warm-up + %.2f s\n", opt.size, opt.threads,
 		    opt.sources ? opt.sources : 1, opt.warmup, opt.duration);
 		break;
 	case MODE_HOLD:
-		printf("hold: %s port %s, %u sessions, %zu-byte payload, %u thread(s), "
-		    "hold %.2f s\n", opt.host, opt.port, opt.sessions, opt.size,
+		printf("hold: %s%s%s, %u sessions, %zu-byte payload, %u thread(s), "
+		    "hold %.2f s\n", where, opt.ws ? " WebSocket " : "",
+		    opt.ws ? opt.ws : "", opt.sessions, opt.size,
 		    opt.threads, opt.hold_time);
+		break;
+	case MODE_FANOUT:
+		printf("fanout: %s%s%s, %u members (%u receive), %s%s%s%.0f messages/s for "
+		    "%.2f s (%" PRIu64 "), %zu-byte messages, %u thread(s) + the sender's\n",
+		    where, opt.ws ? " WebSocket " : "", opt.ws ? opt.ws : "", opt.conns,
+		    fan_members, opt.ws ? "" : "room ", opt.ws ? "" : opt.room,
+		    opt.ws ? "" : ", ",
+		    opt.rate, opt.duration, fan_msgs, opt.size, opt.threads);
 		break;
 	}
 
@@ -1178,14 +2193,14 @@ int main(int argc, char **argv)
 	t_start = now_ns();
 	t_measure = t_start + (uint64_t)(opt.warmup * (double)NSEC);
 	t_end = t_measure + (uint64_t)(opt.duration * (double)NSEC);
-	for (i = 0; i < opt.threads; i++) {
+	for (i = 0; i < nworkers; i++) {
 		int err = pthread_create(&workers[i].th, NULL, worker_main, &workers[i]);
 
 		if (err != 0)
 			die("pthread_create: %s", strerror(err));
 	}
 	h = xcalloc(1, sizeof(*h));
-	for (i = 0; i < opt.threads; i++) {
+	for (i = 0; i < nworkers; i++) {
 		struct worker *w = &workers[i];
 
 		pthread_join(w->th, NULL);
@@ -1200,19 +2215,65 @@ int main(int argc, char **argv)
 		ok_start += w->ok_start;
 		ok_end += w->ok_end;
 		dropped += w->dropped;
+		dup += w->dup;
+		ooo += w->ooo;
 		if (w->t_opened > t_open)
 			t_open = w->t_opened;
 	}
 
-	if (opt.mode == MODE_HOLD) {
+	shost = opt.connect != NULL ? "-" : opt.host;
+	sport = opt.connect != NULL ? opt.connect : opt.port;
+	if (opt.mode == MODE_FANOUT) {
+		uint64_t expected = fan.sent * fan.ready;
+		uint64_t lost = expected > requests ? expected - requests : 0;
+		double span = fan.t_last > fan.t_first ? (double)(fan.t_last - fan.t_first) / NSEC : 0;
+		double dps = (double)requests / opt.duration;
+		unsigned long long p50 = us_round(hist_pct(h, 50));
+		unsigned long long p90 = us_round(hist_pct(h, 90));
+		unsigned long long p99 = us_round(hist_pct(h, 99));
+		unsigned long long pmax = us_round(h->max);
+		unsigned long long mean = h->count ? us_round(h->sum / h->count) : 0;
+		unsigned failed = atomic_load(&fan_failed);
+
+		printf("sent %" PRIu64 " of %" PRIu64 " messages in %.2f s (%.1f/s)%s\n",
+		    fan.sent, fan_msgs, span, span > 0 ? (double)(fan.sent - 1) / span : 0.0,
+		    fan.send_failed ? " (the rest did not fit the sender's queue)" : "");
+		printf("deliveries: %" PRIu64 " of %" PRIu64 " (%u members x %" PRIu64
+		    "), lost %" PRIu64 ", duplicates %" PRIu64 ", out of order %" PRIu64
+		    "; %.1f deliveries/s\n", requests, expected, fan.ready, fan.sent, lost,
+		    dup, ooo, dps);
+		printf("members: %u in the room, %u failed to join, %" PRIu64
+		    " closed by the server during the run, %u never synced\n",
+		    fan.ready, failed, dropped, fan.unsynced);
+		printf("latency (send to receive), us: p50 %llu, p90 %llu, p99 %llu, max %llu, "
+		    "mean %llu\n", p50, p90, p99, pmax, mean);
+		print_errors(errs, nerr);
+		printf("SUMMARY mode=fanout label=%s host=%s port=%s ws=%s servers=%u threads=%u "
+		    "size=%zu members=%u receivers=%u failed=%u rate=%.1f duration=%.2f "
+		    "messages=%" PRIu64 " sent=%" PRIu64 " send_failed=%" PRIu64
+		    " send_s=%.2f expected=%" PRIu64 " received=%" PRIu64 " lost=%" PRIu64
+		    " dup=%" PRIu64 " ooo=%" PRIu64 " dropped=%" PRIu64 " unsynced=%u"
+		    " join_s=%.2f drain_s=%.2f", opt.label, shost, sport,
+		    opt.ws ? opt.ws : "-", ndests, opt.threads, opt.size, opt.conns,
+		    fan_members, failed, opt.rate, opt.duration, fan_msgs, fan.sent,
+		    fan.send_failed, span, expected, requests, lost, dup, ooo, dropped,
+		    fan.unsynced,
+		    fan.t_joined > t_start ? (double)(fan.t_joined - t_start) / NSEC : 0.0,
+		    fan.t_drained > fan.t_last ? (double)(fan.t_drained - fan.t_last) / NSEC : 0.0);
+		summary_errors(errs, nerr);
+		printf(" deliveries_per_s=%.1f p50_us=%llu p90_us=%llu p99_us=%llu max_us=%llu"
+		    " mean_us=%llu\n", dps, p50, p90, p99, pmax, mean);
+		rc = (nerr > 0 || lost > 0 || failed > 0 || fan.sent == 0 ||
+		    fan.ready < fan_members) ? 1 : 0;
+	} else if (opt.mode == MODE_HOLD) {
 		printf("answered at start: %" PRIu64 " of %u; after %.2f s held: %" PRIu64
 		    " (%" PRIu64 " closed by the server meanwhile)\n", ok_start,
 		    opt.sessions, opt.hold_time, ok_end, dropped);
 		print_errors(errs, nerr);
-		printf("SUMMARY mode=hold label=%s host=%s port=%s threads=%u size=%zu "
+		printf("SUMMARY mode=hold label=%s host=%s port=%s ws=%s threads=%u size=%zu "
 		    "sessions=%u hold_time=%.2f ok_start=%" PRIu64 " ok_end=%" PRIu64
-		    " dropped=%" PRIu64 " open_s=%.2f", opt.label, opt.host, opt.port,
-		    opt.threads, opt.size, opt.sessions, opt.hold_time, ok_start, ok_end,
+		    " dropped=%" PRIu64 " open_s=%.2f", opt.label, shost, sport,
+		    opt.ws ? opt.ws : "-", opt.threads, opt.size, opt.sessions, opt.hold_time, ok_start, ok_end,
 		    dropped, t_open > t_start ? (double)(t_open - t_start) / NSEC : 0.0);
 		summary_errors(errs, nerr);
 		printf("\n");
@@ -1236,15 +2297,15 @@ int main(int argc, char **argv)
 			    opt.conns, missed);
 		print_errors(errs, nerr);
 		if (opt.mode == MODE_RR)
-			printf("SUMMARY mode=rr label=%s host=%s port=%s threads=%u size=%zu "
+			printf("SUMMARY mode=rr label=%s host=%s port=%s ws=%s threads=%u size=%zu "
 			    "conns=%u warmup=%.2f duration=%.2f requests=%" PRIu64,
-			    opt.label, opt.host, opt.port, opt.threads, opt.size,
+			    opt.label, shost, sport, opt.ws ? opt.ws : "-", opt.threads, opt.size,
 			    opt.conns, opt.warmup, opt.duration, requests);
 		else
-			printf("SUMMARY mode=churn label=%s host=%s port=%s threads=%u size=%zu "
+			printf("SUMMARY mode=churn label=%s host=%s port=%s ws=%s threads=%u size=%zu "
 			    "conns=%u target_rate=%.0f sources=%u warmup=%.2f duration=%.2f "
-			    "requests=%" PRIu64 " missed=%" PRIu64, opt.label, opt.host,
-			    opt.port, opt.threads, opt.size, opt.conns, opt.rate,
+			    "requests=%" PRIu64 " missed=%" PRIu64, opt.label, shost,
+			    sport, opt.ws ? opt.ws : "-", opt.threads, opt.size, opt.conns, opt.rate,
 			    opt.sources, opt.warmup, opt.duration, requests, missed);
 		printf(" all_requests=%" PRIu64, all);
 		summary_errors(errs, nerr);

@@ -1,4 +1,8 @@
-/* echo: "hello" -> "Echo: hello"; the bytes of the line pass through unchanged. */
+/*
+ * echo: "hello" -> "Echo: hello"; the bytes of the line pass through
+ * unchanged.  Over WebSocket, a binary message comes back as one binary
+ * message (with the prefix, like text).
+ */
 #include <stddef.h>
 #include <string.h>
 
@@ -33,4 +37,5 @@ const struct service service_echo = {
 	.settings = echo_settings,
 	.conf_size = sizeof(struct echo_conf),
 	.line = echo_line,
+	.binary = true,		/* a binary WebSocket message comes back binary */
 };

@@ -429,7 +429,24 @@ def test_message_over_max_line_closes_1009(wsd):
 
 
 def test_binary_is_refused_1003_by_a_text_service(wsd):
-    assert ws_close_after(wsd, frame(2, b"\x00\x01")) == 1003
+    assert ws_close_after(wsd, frame(2, b"\x00\x01"), port=wsd.calc) == 1003
+
+
+def test_echo_returns_binary_as_binary(wsd):
+    """Every byte comes back in one binary message, line ends and all, and the
+    session goes on with text."""
+    need(websockets, "websockets")
+    payload = bytes(range(64)) + b"\r\nafter a line end\n\xff\xfe"
+
+    async def talk():
+        async with websockets.connect(f"ws://127.0.0.1:{wsd.ws}/") as ws:
+            await ws.send(payload)
+            got = await ws.recv()
+            assert isinstance(got, bytes)
+            assert got == b"Echo: " + payload
+            await ws.send("text again")
+            assert await ws.recv() == "Echo: text again"
+    asyncio.run(asyncio.wait_for(talk(), 20))
 
 
 # ---- the close handshake ----
