@@ -362,6 +362,7 @@ connect_redis(const char *role)
 		redisFree(c);
 		return NULL;
 	}
+	rp_limit_reader(c->reader);
 	redisEnableKeepAlive(c);
 	redisSetTimeout(c, ms_tv(timeout_ms));
 	if (r_password != NULL) {

@@ -68,7 +68,17 @@ struct tracker {
 	unsigned char	 hdr[14];	/* the header being read */
 	size_t		 hlen, hneed;	/* hlen 0 and rem 0: at a frame's start */
 	uint64_t	 rem;		/* payload bytes left of this frame */
+	bool		 in_msg;	/* a fragmented data message is under way */
 };
+
+/*
+ * A session keeps no wslay context (about 10 KiB with its buffers) between
+ * the reads that bring it frames: one is made for a read and given back
+ * when the read ends at a message boundary, so ten thousand idle browsers
+ * cost their small state only, and a busy worker holds about one context
+ * per pool thread.  A message left unfinished keeps its context until it
+ * ends (or the session does, at idle_timeout at the latest).
+ */
 
 struct ws {
 	enum ws_phase		 phase;
@@ -86,7 +96,6 @@ struct ws {
 	struct tracker		 trk;		/* where the frames handed to wslay end */
 	unsigned char		 carry[WS_CTL_MAX]; /* a control frame not all here */
 	size_t			 carry_len;
-	char			*req;		/* max_line + 1: a text message, NUL-ended */
 	uint64_t		 last_rx_ms;	/* a frame came in */
 	uint64_t		 ping_sent_ms;	/* 0: no ping outstanding */
 
@@ -425,6 +434,21 @@ hdr_payload(const unsigned char *h)
 	return len;
 }
 
+/* A data frame's FIN bit says whether a message is left unfinished. */
+static void
+trk_header(struct tracker *t, unsigned char b0)
+{
+	if ((b0 & 0x0f) < 8)
+		t->in_msg = (b0 & 0x80) == 0;
+}
+
+/* At a message boundary, with nothing of a frame half read? */
+static bool
+trk_idle(const struct tracker *t)
+{
+	return t->hlen == 0 && t->rem == 0 && !t->in_msg;
+}
+
 /* t moves over n bytes of the stream. */
 static void
 trk_advance(struct tracker *t, const unsigned char *p, size_t n)
@@ -443,6 +467,7 @@ trk_advance(struct tracker *t, const unsigned char *p, size_t n)
 			size_t hl = hdr_len(p[1]);
 
 			t->rem = hdr_payload(p);
+			trk_header(t, p[0]);
 			p += hl;
 			n -= hl;
 			continue;
@@ -454,6 +479,7 @@ trk_advance(struct tracker *t, const unsigned char *p, size_t n)
 			t->hneed = hdr_len(t->hdr[1]);
 		if (t->hlen >= 2 && t->hlen == t->hneed) {
 			t->rem = hdr_payload(t->hdr);
+			trk_header(t, t->hdr[0]);
 			t->hlen = 0;
 		}
 	}
@@ -578,6 +604,7 @@ ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg 
 {
 	struct ws *st = user;
 	struct session *c = st->c;
+	char *req;
 	bool ok;
 	int rc;
 
@@ -587,10 +614,17 @@ ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg 
 	case WSLAY_TEXT_FRAME:
 		if (arg->msg_length == 0)
 			return;
-		/* wslay holds messages to max_line (1009 past it) */
-		memcpy(st->req, arg->msg, arg->msg_length);
-		st->req[arg->msg_length] = '\0';
-		if (conn_request(c, st->req, arg->msg_length) < 0) {
+		/* wslay holds messages to max_line (1009 past it); the
+		 * service may write into its copy, NUL-ended */
+		if ((req = malloc(arg->msg_length + 1)) == NULL) {
+			overflow(c);
+			return;
+		}
+		memcpy(req, arg->msg, arg->msg_length);
+		req[arg->msg_length] = '\0';
+		rc = conn_request(c, req, arg->msg_length);
+		free(req);
+		if (rc < 0) {
 			st->stop = true;
 			wslay_event_shutdown_read(ctx);
 		}
@@ -603,13 +637,18 @@ ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg 
 		}
 		if (arg->msg_length == 0)
 			return;
-		memcpy(st->req, arg->msg, arg->msg_length);
-		st->req[arg->msg_length] = '\0';
+		if ((req = malloc(arg->msg_length + 1)) == NULL) {
+			overflow(c);
+			return;
+		}
+		memcpy(req, arg->msg, arg->msg_length);
+		req[arg->msg_length] = '\0';
 		pthread_mutex_lock(&c->out_lock);
 		st->bin_active = !st->closed;
 		st->bin_len = 0;
 		pthread_mutex_unlock(&c->out_lock);
-		rc = conn_request(c, st->req, arg->msg_length);
+		rc = conn_request(c, req, arg->msg_length);
+		free(req);
 		pthread_mutex_lock(&c->out_lock);
 		ok = !st->bin_active || flush_bin(c, st);
 		pthread_mutex_unlock(&c->out_lock);
@@ -687,11 +726,57 @@ fail(struct session *c, struct ws *st)
 	atomic_compare_exchange_strong(&c->kill, &none, (int)KILL_PROTOCOL);
 }
 
+static void	schedule(struct session *, struct ws *);
+
+/* wslay's state for the frames of one session, made when they come. */
+static bool
+ctx_make(struct session *c, struct ws *st)
+{
+	if (st->ctx != NULL)
+		return true;
+	if (wslay_event_context_server_init(&st->ctx, &ws_callbacks, st) != 0) {
+		st->ctx = NULL;
+		return false;
+	}
+	wslay_event_config_set_max_recv_msg_length(st->ctx,
+	    (uint64_t)c->w->cfg->max_line);
+	return true;
+}
+
+/* At a message boundary with nothing queued: the wslay state can go. */
+static bool
+ctx_idle(const struct ws *st)
+{
+	return st->ctx != NULL && trk_idle(&st->trk) && st->carry_len == 0 &&
+	    !st->closed && wslay_event_get_read_enabled(st->ctx) &&
+	    wslay_event_get_queued_msg_count(st->ctx) == 0;
+}
+
+static void
+ctx_trim(struct session *c, struct ws *st)
+{
+	wslay_event_context_free(st->ctx);
+	st->ctx = NULL;
+	pthread_mutex_lock(&c->out_lock);
+	if (st->frame_cap > 0 && !st->bin_active) {
+		free(st->frame);
+		st->frame = NULL;
+		st->frame_cap = 0;
+	}
+	pthread_mutex_unlock(&c->out_lock);
+}
+
 static int
 ws_frames(struct session *c, struct ws *st, char *data, size_t n)
 {
 	char *joined = NULL;
 	int r;
+
+	if (!ctx_make(c, st)) {
+		send_close(c, st, 1011, NULL);
+		fail(c, st);
+		return -1;
+	}
 
 	if (st->carry_len > 0) {
 		/* the start of a control frame came with the last read */
@@ -746,6 +831,9 @@ ws_frames(struct session *c, struct ws *st, char *data, size_t n)
 	}
 	if (wslay_event_want_write(st->ctx))
 		flush_wslay(c, st, false);
+	if (ctx_idle(st))
+		ctx_trim(c, st);
+	schedule(c, st);
 	return 0;
 }
 
@@ -951,13 +1039,6 @@ ws_head(struct session *c, struct ws *st, const struct http_request *r)
 		return -1;
 	}
 
-	if (wslay_event_context_server_init(&st->ctx, &ws_callbacks, st) != 0 ||
-	    (st->req = malloc((size_t)c->w->cfg->max_line + 1)) == NULL) {
-		http_error(c, st, 503, NULL, "Out of memory\n");
-		return -1;
-	}
-	wslay_event_config_set_max_recv_msg_length(st->ctx,
-	    (uint64_t)c->w->cfg->max_line);
 	accept_value(http_header(r, "Sec-WebSocket-Key"), acc);
 	n = snprintf(resp, sizeof(resp), "HTTP/1.1 101 Switching Protocols\r\n"
 	    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -1140,7 +1221,6 @@ ws_close(struct session *c)
 	if (st->ctx != NULL)
 		wslay_event_context_free(st->ctx);
 	http_head_free(st->hp);
-	free(st->req);
 	free(st->pend);
 	free(st->bin);
 	free(st->frame);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -365,4 +366,38 @@ rp_read_secret(const char *path, char *buf, size_t len, char *err, size_t errlen
 		return -1;
 	}
 	return 0;
+}
+
+/* hiredis' own reply functions, with a bound on arrays */
+static redisReplyObjectFunctions limited_fn;
+static void	*(*plain_array)(const redisReadTask *, int);
+static pthread_once_t limited_once = PTHREAD_ONCE_INIT;
+static const redisReplyObjectFunctions *plain_fn;
+
+static void *
+limited_array(const redisReadTask *task, int elements)
+{
+	if (elements < 0 || elements > RP_MAX_ELEMENTS)
+		return NULL;	/* hiredis fails the reply */
+	return plain_array(task, elements);
+}
+
+static void
+limited_init(void)
+{
+	limited_fn = *plain_fn;
+	plain_array = plain_fn->createArray;
+	limited_fn.createArray = limited_array;
+}
+
+void
+rp_limit_reader(redisReader *r)
+{
+	if (r == NULL || r->fn == NULL || r->fn == &limited_fn)
+		return;
+	if (plain_fn == NULL)
+		plain_fn = r->fn;	/* every reader starts with the same table */
+	pthread_once(&limited_once, limited_init);
+	if (limited_fn.createArray == limited_array)
+		r->fn = &limited_fn;
 }

@@ -75,4 +75,14 @@ void	rp_list_add(char *buf, size_t len, size_t *used, const char *item, bool *fu
 int	rp_read_secret(const char *path, char *buf, size_t len, char *err,
 	    size_t errlen);
 
+/*
+ * Arrays in Redis replies hold at most this many elements: hiredis 0.14
+ * allocates an array's room as soon as it reads the count, so "*300000000"
+ * alone would cost gigabytes.  A longer one fails the reply (and the link
+ * is made again), like a reply hiredis cannot read.
+ */
+#define RP_MAX_ELEMENTS		(1 << 20)
+/* Put that bound on a reader (a context's c->reader, or a bare one). */
+void	rp_limit_reader(redisReader *);
+
 #endif

@@ -92,6 +92,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	rd = redisReaderCreate();
 	if (rd == NULL)
 		return 0;
+	rp_limit_reader(rd);	/* as every connection of the Redis layer has */
 	if (redisReaderFeed(rd, (const char *)data, size) == REDIS_OK) {
 		for (i = 0; i < 64; i++) {
 			reply = NULL;

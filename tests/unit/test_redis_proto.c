@@ -196,6 +196,31 @@ test_secret(void)
 	unlink(path);
 }
 
+/* A reply that announces a huge array fails, and costs nothing. */
+static void
+test_array_bound(void)
+{
+	static const char ok[] = "*3\r\n:1\r\n:2\r\n:3\r\n";
+	static const char huge[] = "*300000000\r\n:1\r\n";
+	redisReader *rd = redisReaderCreate();
+	void *reply = NULL;
+
+	CHECK(rd != NULL, "a reader");
+	if (rd == NULL)
+		return;
+	rp_limit_reader(rd);
+	redisReaderFeed(rd, ok, sizeof(ok) - 1);
+	CHECK(redisReaderGetReply(rd, &reply) == REDIS_OK && reply != NULL &&
+	    ((redisReply *)reply)->elements == 3, "a short array is read");
+	if (reply != NULL)
+		freeReplyObject(reply);
+	reply = NULL;
+	redisReaderFeed(rd, huge, sizeof(huge) - 1);
+	CHECK(redisReaderGetReply(rd, &reply) == REDIS_ERR && reply == NULL,
+	    "an array of 300000000 elements is refused");
+	redisReaderFree(rd);
+}
+
 int
 main(void)
 {
@@ -204,5 +229,6 @@ main(void)
 	test_lists();
 	test_addresses();
 	test_secret();
+	test_array_bound();
 	return check_done();
 }
