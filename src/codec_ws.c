@@ -1054,6 +1054,9 @@ ws_head(struct session *c, struct ws *st, const struct http_request *r)
 	pthread_mutex_unlock(&c->out_lock);
 	if (!ok)
 		overflow(c);
+	/* what the client asked for, for the service (the chat's room) */
+	free(c->resource);
+	c->resource = strdup(r->path);
 	http_head_free(st->hp);
 	st->hp = NULL;
 	st->last_rx_ms = now_ms();
@@ -1287,6 +1290,8 @@ ws_close(struct session *c)
 	free(st->bin);
 	free(st->frame);
 	free(st);
+	free(c->resource);
+	c->resource = NULL;
 }
 
 const struct codec codec_websocket = {

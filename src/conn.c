@@ -101,7 +101,7 @@ session_send(struct session *c, const void *buf, size_t n)
 	bool ok;
 
 	pthread_mutex_lock(&c->out_lock);
-	if (!atomic_load_explicit(&c->open, memory_order_relaxed))
+	if (!atomic_load_explicit(&c->open, memory_order_relaxed) || c->out_dying)
 		ok = true;
 	else if (c->codec->output != NULL)
 		ok = c->codec->output(c, buf, n);
@@ -184,6 +184,12 @@ const char *
 session_peer(struct session *c)
 {
 	return c->peer;
+}
+
+const char *
+session_resource(struct session *c)
+{
+	return c->resource;
 }
 
 /* ---- for codecs ---- */
@@ -410,6 +416,8 @@ conn_close(struct session *c, enum conn_kill why)
 	framer_reset(&c->in);
 	free(c->data);
 	c->data = NULL;
+	free(c->resource);
+	c->resource = NULL;
 	close(c->fd);
 	c->fd = -1;
 	if (c->ip_counted)
@@ -447,6 +455,9 @@ conn_die(struct session *c, enum conn_kill why)
 		pthread_mutex_lock(&c->out_lock);
 		c->out_off = c->out_len = 0;	/* what it never read is lost anyway */
 		c->out_full = false;
+		/* and what others still send it (chat deliveries) must not slip
+		 * in before its last words: the client would see a gap */
+		c->out_dying = true;
 		pthread_mutex_unlock(&c->out_lock);
 	}
 	if (why != KILL_SEND_TIMEOUT) {
@@ -763,7 +774,7 @@ conn_open(struct worker *w, int fd, int li, const struct sockaddr *peer, bool ip
 	atomic_store(&c->idle_ms, (uint64_t)l->idle_timeout * 1000);
 	c->closing = c->eof = false;
 	c->ho_stay = false;
-	c->out_full = false;
+	c->out_full = c->out_dying = false;
 	atomic_store(&c->kill, KILL_NONE);
 	atomic_store(&c->stalled_ms, 0);
 	atomic_store(&c->last_line_ms, now);
@@ -837,7 +848,14 @@ conn_sweep(struct worker *w, uint64_t now)
 			atomic_store(&c->tick_due, true);
 			conn_kick(c);
 		}
-		if (stalled != 0 && older_than(now, stalled, send_ms))
+		/*
+		 * A kill another thread asked for (a chat delivery that filled
+		 * the output queue) waits for the owner, and a client that reads
+		 * nothing gives its socket no event to bring one: act on it here.
+		 */
+		if (atomic_load_explicit(&c->kill, memory_order_relaxed) != KILL_NONE)
+			conn_kick(c);
+		else if (stalled != 0 && older_than(now, stalled, send_ms))
 			conn_kill(c, KILL_SEND_TIMEOUT);
 		else if (older_than(now, last,
 		    atomic_load_explicit(&c->idle_ms, memory_order_relaxed)))
@@ -1087,7 +1105,7 @@ conn_adopt(struct worker *w, int fd, const char *state, size_t len, uint64_t *ma
 	atomic_store(&c->idle_ms, idle);
 	c->closing = c->eof = false;
 	c->ho_stay = false;
-	c->out_full = false;
+	c->out_full = c->out_dying = false;
 	atomic_store(&c->kill, KILL_NONE);
 	atomic_store(&c->stalled_ms, 0);
 	atomic_store(&c->last_line_ms, last_line);

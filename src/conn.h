@@ -67,6 +67,7 @@ struct session {
 	char			*out;
 	size_t			 out_len, out_off, out_cap;
 	bool			 out_full;
+	bool			 out_dying;	/* dropped as too slow: service output is discarded */
 
 	bool			 ho_stay;	/* a handover refused it: it drains here */
 
@@ -76,6 +77,7 @@ struct session {
 	_Atomic uint64_t	 last_line_ms;
 	_Atomic uint64_t	 stalled_ms;	/* output waiting since; 0 = none */
 	char			 peer[56];
+	char			*resource;	/* session_resource(); the codec's, freed at close */
 };
 
 /* acceptor: a new client on fd from listener index li, already counted in

@@ -113,6 +113,13 @@ const void	*session_conf(struct session *);
 const struct fk_listener *session_listener(struct session *);
 /* Remote address as text, e.g. "127.0.0.1:40312" */
 const char	*session_peer(struct session *);
+/*
+ * What the client asked for when it connected, where its protocol says:
+ * the path of a WebSocket handshake ("/websock1/", without the query);
+ * NULL for protocols without one (line, chunk).  The codec fills it, so
+ * a service can use it without knowing the protocol.
+ */
+const char	*session_resource(struct session *);
 
 /* The registry: every service forkd knows, NULL-terminated. */
 extern const struct service *const services[];

@@ -2,6 +2,13 @@
  * chat: rooms of clients.  A line from a member reaches every other member
  * of its room as "[nick] text", whichever worker holds them: members of this
  * worker directly, the others through the channel layer (chan.h).
+ *
+ * What happens in a room travels as an event (chat_event.h) and is rendered
+ * where it is delivered, once per form and delivery: a text line for members
+ * that speak text, a JSON object for members that speak JSON (browsers and
+ * WebSocket programs; the `format` setting).  Replies to one member take its
+ * form too.  The service never sees the protocol: `format = "auto"` only
+ * asks whether the listener speaks WebSocket.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -15,7 +22,12 @@
 #include <strings.h>
 #include <time.h>
 
+#include <jansson.h>
+
 #include "chan.h"
+#include "chat_event.h"
+#include "chat_page.h"
+#include "codec.h"
 #include "config.h"
 #include "log.h"
 #include "redis_proto.h"
@@ -23,7 +35,7 @@
 #include "service.h"
 #include "util.h"
 
-#define NAME_MAX_LEN	32
+#define NAME_MAX_LEN	CHAT_NAME_MAX
 #define LIST_MAX	65536	/* bytes of a /who or /rooms reply */
 #define MESSAGE_MAX	60000	/* bytes of one chat line */
 #define ROOM_BUCKETS	256
@@ -34,6 +46,9 @@
  * slow (the longest list is cut with "...", the count stays whole).
  */
 static size_t	 list_max = LIST_MAX;
+
+enum chat_format { FORMAT_AUTO, FORMAT_TEXT, FORMAT_JSON };
+static const char *const format_names[] = { "auto", "text", "json", NULL };
 
 struct chat_conf {
 	char	*default_room;
@@ -46,6 +61,7 @@ struct chat_conf {
 	int	 presence_lease;	/* seconds */
 	int	 redis_timeout;		/* milliseconds */
 	int	 redis_queue;
+	int	 format;		/* enum chat_format */
 };
 
 enum { LAYER_LOCAL, LAYER_REDIS };
@@ -75,6 +91,8 @@ static const struct setting chat_settings[] = {
 	    500, NULL, NULL },
 	{ "redis_queue", SET_INT, offsetof(struct chat_conf, redis_queue), 1, 1000000,
 	    10000, NULL, NULL },
+	{ "format", SET_ENUM, offsetof(struct chat_conf, format), 0, 0, FORMAT_AUTO,
+	    NULL, format_names },
 	{ NULL, 0, 0, 0, 0, 0, NULL, NULL }
 };
 
@@ -115,6 +133,7 @@ struct member {
 	struct member	*prev, *next;	/* in its local room */
 	struct lroom	*room;		/* NULL: in no room */
 	char		 nick[NAME_MAX_LEN + 1];
+	bool		 json;		/* speaks JSON, not text lines */
 	/*
 	 * A handover (under rooms_lock): while `moving`, the room's lines wait
 	 * in `aside` (the old worker: until it knows where the new one takes
@@ -243,88 +262,217 @@ deliver_to(struct member *m, const char *line, size_t len, uint64_t seq)
 	sb_count(&scoreboard->slot[my_slot].chat_delivered, 1);	/* metrics */
 }
 
-/* Hand a line to the local members of a room, except one. */
-static void
-deliver_local(const char *room, const char *line, size_t len, uint64_t seq,
-    const struct member *except)
+/* One form of an event, rendered when the first member needs it. */
+struct rendering {
+	char	*buf;
+	size_t	 len;
+	bool	 tried;
+};
+
+static const struct rendering *
+render(struct rendering *r, const struct chat_event *ev, const char *room, bool json)
 {
+	if (!r->tried) {
+		r->tried = true;
+		r->buf = json ? chat_event_json(ev, room, &r->len) :
+		    chat_event_text(ev, room, &r->len);
+	}
+	return r;
+}
+
+/*
+ * Hand an event to the local members of a room, except its sender.  A
+ * sender that speaks JSON gets its own messages back, as a Channels room
+ * does: a page shows its lines in the order the room has them.
+ */
+static void
+deliver_local(const char *room, const char *bytes, size_t len, uint64_t seq,
+    const struct member *from)
+{
+	struct rendering forms[2] = { { NULL, 0, false }, { NULL, 0, false } };
+	struct chat_event ev;
 	struct lroom *r;
 	struct member *m;
 
+	chat_event_decode(bytes, len, &ev);
 	pthread_mutex_lock(&rooms_lock);
 	r = lroom_get(room, false);
-	for (m = r != NULL ? r->head : NULL; m != NULL; m = m->next)
-		if (m != except)
-			deliver_to(m, line, len, seq);
+	for (m = r != NULL ? r->head : NULL; m != NULL; m = m->next) {
+		const struct rendering *f;
+
+		if (m == from && !(m->json && ev.kind == CHAT_MESSAGE))
+			continue;
+		f = render(&forms[m->json], &ev, room, m->json);
+		if (f->buf != NULL)
+			deliver_to(m, f->buf, f->len, seq);
+	}
 	pthread_mutex_unlock(&rooms_lock);
+	free(forms[0].buf);
+	free(forms[1].buf);
 }
 
-/* from the channel layer: lines published by other workers */
+/* from the channel layer: events published by other workers */
 static void
-deliver_remote(const char *room, const char *line, size_t len, uint64_t seq)
+deliver_remote(const char *room, const char *bytes, size_t len, uint64_t seq)
 {
-	deliver_local(room, line, len, seq, NULL);
+	deliver_local(room, bytes, len, seq, NULL);
 }
 
 /* the sender's own worker: its members hear it in the room's order */
 static __thread const struct member *sender;
 
 static void
-deliver_own(const char *room, const char *line, size_t len, uint64_t seq)
+deliver_own(const char *room, const char *bytes, size_t len, uint64_t seq)
 {
-	deliver_local(room, line, len, seq, sender);
+	deliver_local(room, bytes, len, seq, sender);
 }
 
-/* from the channel layer: news for everyone (the link to other hosts) */
+/*
+ * From the channel layer: news for everyone (the link to other hosts), as
+ * a text line.  Each room gets it in each form once.
+ */
 static void
 notice_all(const char *line, size_t len)
 {
+	struct chat_event ev;
 	struct lroom *r;
 	struct member *m;
 	int i;
 
+	chat_event_decode(line, len, &ev);
 	pthread_mutex_lock(&rooms_lock);
 	for (i = 0; i < ROOM_BUCKETS; i++) {
 		for (r = buckets[i]; r != NULL; r = r->next) {
-			for (m = r->head; m != NULL; m = m->next)
-				deliver_to(m, line, len, 0);
+			struct rendering forms[2] = { { NULL, 0, false }, { NULL, 0, false } };
+
+			for (m = r->head; m != NULL; m = m->next) {
+				const struct rendering *f = render(&forms[m->json], &ev, r->name,
+				    m->json);
+
+				if (f->buf != NULL)
+					deliver_to(m, f->buf, f->len, 0);
+			}
+			free(forms[0].buf);
+			free(forms[1].buf);
 		}
 	}
 	pthread_mutex_unlock(&rooms_lock);
 }
 
-static void __attribute__((format(printf, 3, 4)))
-broadcast(struct member *from, const char *room, const char *fmt, ...)
+/* An event in a room: to this worker's members, then to everyone else's. */
+static void
+broadcast(struct member *from, const char *room, enum chat_kind kind, const char *nick,
+    const char *text, size_t text_len)
 {
-	char line[NAME_MAX_LEN * 2 + 65536 + 16];
+	char buf[CHAT_EVENT_OVERHEAD + NAME_MAX_LEN + MESSAGE_MAX];
+	struct chat_event ev = { kind, nick, text, text_len };
+	size_t n = chat_event_encode(buf, sizeof(buf), &ev);
+
+	if (n == 0)
+		return;
+	sender = from;
+	chan_publish(room, buf, n, deliver_own);
+	sender = NULL;
+}
+
+/* ---- replies to one member, in its form ---- */
+
+/* A JSON object as one reply line; the reference is dropped. */
+static void
+send_json(struct session *s, json_t *o)
+{
+	size_t n;
+	char *buf;
+
+	if (o == NULL)
+		return;
+	n = json_dumpb(o, NULL, 0, JSON_COMPACT);
+	if (n > 0 && (buf = malloc(n + 2)) != NULL) {
+		json_dumpb(o, buf, n, JSON_COMPACT);
+		buf[n] = '\r';
+		buf[n + 1] = '\n';
+		session_send(s, buf, n + 2);
+		free(buf);
+	}
+	json_decref(o);
+}
+
+/* A string for JSON from any bytes (quoted requests may not be UTF-8). */
+static json_t *
+jtext(const char *text)
+{
+	size_t n = strlen(text);
+	char *clean = malloc(n + 1);
+	json_t *j;
+
+	if (clean == NULL)
+		return NULL;
+	chat_utf8_clean(clean, text, n);
+	j = json_stringn_nocheck(clean, n);
+	free(clean);
+	return j;
+}
+
+static json_t *
+jroom(const struct member *m)
+{
+	return m->room != NULL ? json_string(m->room->name) : json_null();
+}
+
+/* "ERR what" or {"error": "what"} */
+static void __attribute__((format(printf, 3, 4)))
+say_error(struct session *s, const struct member *m, const char *fmt, ...)
+{
+	char msg[1024];
 	va_list ap;
-	int n;
 
 	va_start(ap, fmt);
-	n = vsnprintf(line, sizeof(line) - 2, fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	if (n < 0)
-		return;
-	if ((size_t)n > sizeof(line) - 3)
-		n = (int)sizeof(line) - 3;
-	line[n++] = '\r';
-	line[n++] = '\n';
-	sender = from;
-	chan_publish(room, line, (size_t)n, deliver_own);
-	sender = NULL;
+	if (m->json)
+		send_json(s, json_pack("{s:o*}", "error", jtext(msg)));
+	else
+		session_reply(s, "ERR %s", msg);
+}
+
+/* "* what" or {"event": "info", "text": "what"} */
+static void __attribute__((format(printf, 3, 4)))
+say_info(struct session *s, const struct member *m, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (m->json)
+		send_json(s, json_pack("{s:s, s:o*}", "event", "info", "text", jtext(msg)));
+	else
+		session_reply(s, "* %s", msg);
+}
+
+/* The member's own nick or room changed: "* what", or {"event": "you",
+ * "nick": .., "room": .., "text": "what"} so a page can show both. */
+static void __attribute__((format(printf, 3, 4)))
+say_you(struct session *s, const struct member *m, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (m->json)
+		send_json(s, json_pack("{s:s, s:s, s:o*, s:o*}", "event", "you", "nick",
+		    m->nick, "room", jroom(m), "text", jtext(msg)));
+	else
+		session_reply(s, "* %s", msg);
 }
 
 static bool
 valid_name(const char *s, size_t len)
 {
-	size_t i;
-
-	if (len == 0 || len > NAME_MAX_LEN)
-		return false;
-	for (i = 0; i < len; i++)
-		if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '-' && s[i] != '.')
-			return false;
-	return true;
+	return chat_valid_name(s, len);
 }
 
 static const char *
@@ -373,7 +521,7 @@ enter_local(struct member *m, const char *room)
 		r->head->prev = m;
 	r->head = m;
 	pthread_mutex_unlock(&rooms_lock);
-	broadcast(m, room, "* %s joined %s", m->nick, room);
+	broadcast(m, room, CHAT_JOIN, m->nick, "", 0);
 	return CHAN_OK;
 }
 
@@ -386,6 +534,7 @@ enter(struct member *m, const char *room)
 	return rc != CHAN_OK ? rc : enter_local(m, room);
 }
 
+/* Leave the room, if any; why (may be "") is told to the room. */
 static void
 leave(struct member *m, const char *why)
 {
@@ -400,7 +549,90 @@ leave(struct member *m, const char *why)
 	    memory_order_relaxed);	/* metrics */
 	pthread_mutex_unlock(&rooms_lock);
 	chan_leave(room, m->nick);
-	broadcast(m, room, "* %s left %s%s", m->nick, room, why);
+	broadcast(m, room, CHAT_LEAVE, m->nick, why, strlen(why));
+}
+
+/* The commands, for /help and the welcome. */
+static const struct {
+	const char	*usage;
+	const char	*help;
+} command_help[] = {
+	{ "/nick NAME", "change your nick" },
+	{ "/join ROOM", "leave this room for another (made when it does not exist)" },
+	{ "/who", "who is in this room" },
+	{ "/rooms", "the rooms and how many are in each" },
+	{ "/help", "this list" },
+	{ "/quit", "leave the chat" },
+};
+
+/*
+ * The room a client asks for when it connects: the path of its request
+ * ("/websock1/" is websock1), the default room when the protocol has no
+ * request or the path is "/".  NULL and *bad set when the path names no
+ * valid room.
+ */
+static const char *
+first_room(struct session *s, const struct chat_conf *conf, char *buf, size_t len,
+    bool *bad)
+{
+	const char *res = session_resource(s), *end;
+
+	*bad = false;
+	if (res == NULL)
+		return conf->default_room;
+	while (*res == '/')
+		res++;
+	end = res + strlen(res);
+	while (end > res && end[-1] == '/')
+		end--;
+	if (end == res)
+		return conf->default_room;
+	if (!valid_name(res, (size_t)(end - res)) || (size_t)(end - res) >= len) {
+		*bad = true;
+		return NULL;
+	}
+	memcpy(buf, res, (size_t)(end - res));
+	buf[end - res] = '\0';
+	return buf;
+}
+
+static bool
+speaks_json(struct session *s, const struct chat_conf *conf)
+{
+	const struct fk_listener *l = session_listener(s);
+
+	switch (conf->format) {
+	case FORMAT_TEXT:	return false;
+	case FORMAT_JSON:	return true;
+	default:		return l != NULL && l->protocol == PROTO_WEBSOCKET;
+	}
+}
+
+static void
+welcome(struct session *s, const struct member *m, const char *room, const char *why)
+{
+	json_t *o, *cmds;
+	size_t i;
+
+	if (!m->json) {
+		if (why != NULL)
+			session_reply(s, "* welcome to forkd chat: you are %s, in no room "
+			    "(%s: %s)", m->nick, room, why);
+		else
+			session_reply(s, "* welcome to forkd chat: you are %s in room %s",
+			    m->nick, room);
+		session_reply(s, "* commands: /nick NAME, /join ROOM, /who, /rooms, /quit");
+		return;
+	}
+	if ((cmds = json_array()) == NULL)
+		return;
+	for (i = 0; i < sizeof(command_help) / sizeof(command_help[0]); i++)
+		json_array_append_new(cmds, json_string(command_help[i].usage));
+	o = json_pack("{s:s, s:s, s:o, s:o}", "event", "welcome", "nick", m->nick,
+	    "room", why == NULL ? json_string(room) : json_null(), "commands", cmds);
+	if (o != NULL && why != NULL)
+		json_object_set_new(o, "error", jtext(why));
+	send_json(s, o);
 }
 
 static void
@@ -408,22 +640,24 @@ chat_open(struct session *s)
 {
 	const struct chat_conf *conf = session_conf(s);
 	struct member *m = session_data(s);
+	char buf[NAME_MAX_LEN + 1];
+	const char *room;
+	bool bad;
 	int rc;
 
 	m->s = s;
+	m->json = speaks_json(s, conf);
 	snprintf(m->nick, sizeof(m->nick), "guest%u", chan_next_guest());
-	rc = chan_join(conf->default_room, m->nick);
-	/* the greeting is queued before the room can send us anything */
-	if (rc != CHAN_OK) {
-		session_reply(s, "* welcome to forkd chat: you are %s, in no room (%s: %s)",
-		    m->nick, conf->default_room, join_error(rc));
-	} else {
-		session_reply(s, "* welcome to forkd chat: you are %s in room %s",
-		    m->nick, conf->default_room);
+	room = first_room(s, conf, buf, sizeof(buf), &bad);
+	if (bad) {
+		/* the greeting is queued before the room can send us anything */
+		welcome(s, m, session_resource(s), "bad room name in the request path");
+		return;
 	}
-	session_reply(s, "* commands: /nick NAME, /join ROOM, /who, /rooms, /quit");
+	rc = chan_join(room, m->nick);
+	welcome(s, m, room, rc != CHAN_OK ? join_error(rc) : NULL);
 	if (rc == CHAN_OK)
-		enter_local(m, conf->default_room);
+		enter_local(m, room);
 }
 
 static void
@@ -438,8 +672,10 @@ chat_close(struct session *s)
 }
 
 /*
- * Handover.  The state is "ROOM NICK" ("" for no room): what the member is
- * to everyone else.  Its presence entry is taken over, never released, so
+ * Handover.  The state is "WORLD FORM ROOM NICK" (FORM 1 for JSON, ROOM ""
+ * for none): what the member is to everyone else, and the form its client
+ * reads (kept: a reload that changes chat.format does not change it under
+ * a client).  Its presence entry is taken over, never released, so
  * nobody sees it leave or can take its nick meanwhile.  The room's lines go
  * on while it moves: the old worker keeps them aside from the moment it
  * saves the member; the new one takes over from the room's next line (the
@@ -456,8 +692,8 @@ chat_save(struct session *s, char *buf, size_t len)
 	int n;
 
 	pthread_mutex_lock(&rooms_lock);
-	n = snprintf(buf, len, "%016llx %s %s", (unsigned long long)chan_world(),
-	    m->room != NULL ? m->room->name : "", m->nick);
+	n = snprintf(buf, len, "%016llx %d %s %s", (unsigned long long)chan_world(),
+	    m->json ? 1 : 0, m->room != NULL ? m->room->name : "", m->nick);
 	if (n >= 0 && (size_t)n < len)
 		m->moving = true;
 	pthread_mutex_unlock(&rooms_lock);
@@ -511,14 +747,16 @@ chat_restore(struct session *s, const char *buf, size_t len, uint64_t *mark)
 	size_t rlen;
 
 	*mark = 0;
-	if (len < 18 || buf[16] != ' ')
+	if (len < 20 || buf[16] != ' ' || (buf[17] != '0' && buf[17] != '1') ||
+	    buf[18] != ' ')
 		return -1;
 	memcpy(hex, buf, 16);
 	hex[16] = '\0';
 	if (sscanf(hex, "%16llx", &world) != 1)
 		return -1;
-	buf += 17;
-	len -= 17;
+	m->json = buf[17] == '1';
+	buf += 19;
+	len -= 19;
 	sp = memchr(buf, ' ', len);
 	if (sp == NULL || (rlen = (size_t)(sp - buf)) > NAME_MAX_LEN ||
 	    (rlen > 0 && !valid_name(buf, rlen)) ||
@@ -626,12 +864,12 @@ cmd_nick(struct session *s, struct member *m, const char *arg, size_t len)
 	int rc;
 
 	if (!valid_name(arg, len)) {
-		session_reply(s, "ERR bad nick: use 1-%d letters, digits, '_', '-' or '.'",
+		say_error(s, m, "bad nick: use 1-%d letters, digits, '_', '-' or '.'",
 		    NAME_MAX_LEN);
 		return;
 	}
 	if (strcmp(arg, m->nick) == 0) {
-		session_reply(s, "* you are already %s", m->nick);
+		say_info(s, m, "you are already %s", m->nick);
 		return;
 	}
 	if (m->room != NULL) {
@@ -640,7 +878,7 @@ cmd_nick(struct session *s, struct member *m, const char *arg, size_t len)
 		snprintf(room, sizeof(room), "%s", m->room->name);
 		rc = chan_rename(room, m->nick, arg);
 		if (rc != CHAN_OK) {
-			session_reply(s, "ERR nick '%s' is taken in %s: choose another "
+			say_error(s, m, "nick '%s' is taken in %s: choose another "
 			    "with /nick NAME", arg, room);
 			return;
 		}
@@ -648,11 +886,11 @@ cmd_nick(struct session *s, struct member *m, const char *arg, size_t len)
 		pthread_mutex_lock(&rooms_lock);
 		snprintf(m->nick, sizeof(m->nick), "%s", arg);
 		pthread_mutex_unlock(&rooms_lock);
-		broadcast(m, room, "* %s is now known as %s", old, m->nick);
+		broadcast(m, room, CHAT_NICK, old, m->nick, strlen(m->nick));
 	} else {
 		snprintf(m->nick, sizeof(m->nick), "%s", arg);
 	}
-	session_reply(s, "* you are now %s", m->nick);
+	say_you(s, m, "you are now %s", m->nick);
 }
 
 static void
@@ -662,12 +900,12 @@ cmd_join(struct session *s, struct member *m, const char *arg, size_t len)
 	int rc;
 
 	if (!valid_name(arg, len)) {
-		session_reply(s, "ERR bad room name: use 1-%d letters, digits, '_', '-' or '.'",
+		say_error(s, m, "bad room name: use 1-%d letters, digits, '_', '-' or '.'",
 		    NAME_MAX_LEN);
 		return;
 	}
 	if (m->room != NULL && strcmp(m->room->name, arg) == 0) {
-		session_reply(s, "* you are already in %s", arg);
+		say_info(s, m, "you are already in %s", arg);
 		return;
 	}
 	if (m->room != NULL)
@@ -675,7 +913,7 @@ cmd_join(struct session *s, struct member *m, const char *arg, size_t len)
 	/* check the new room first, so a refused join leaves us where we were */
 	rc = chan_join(arg, m->nick);
 	if (rc != CHAN_OK) {
-		session_reply(s, "ERR cannot join %s: %s; %s", arg, join_error(rc),
+		say_error(s, m, "cannot join %s: %s; %s", arg, join_error(rc),
 		    join_hint(rc));
 		return;
 	}
@@ -683,13 +921,13 @@ cmd_join(struct session *s, struct member *m, const char *arg, size_t len)
 	leave(m, "");
 	rc = enter(m, arg);
 	if (rc != CHAN_OK) {
-		session_reply(s, "ERR cannot join %s: %s; %s", arg, join_error(rc),
+		say_error(s, m, "cannot join %s: %s; %s", arg, join_error(rc),
 		    join_hint(rc));
 		if (old[0] != '\0' && enter(m, old) == CHAN_OK)
-			session_reply(s, "* you are back in %s", old);
+			say_you(s, m, "you are back in %s", old);
 		return;
 	}
-	session_reply(s, "* you joined %s", arg);
+	say_you(s, m, "you joined %s", arg);
 }
 
 /*
@@ -710,28 +948,159 @@ neutralise(char *line, size_t len)
 	}
 }
 
-static void
-chat_line(struct session *s, char *line, size_t len)
+/* "a, b, ..." from chan_who/chan_rooms as a JSON array; *more when cut */
+static json_t *
+split_list(const char *list, bool *more)
 {
-	struct member *m = session_data(s);
-	char *arg;
-	size_t clen, alen;
+	json_t *a = json_array();
+	const char *p = list;
 
-	if (len == 0)
-		return;
-	neutralise(line, len);	/* messages, and the commands errors quote */
-	if (line[0] != '/') {
-		if (m->room == NULL) {
-			session_reply(s, "ERR you are in no room: /join ROOM first");
-			return;
-		}
-		if (len > MESSAGE_MAX) {
-			session_reply(s, "ERR message too long (max %d bytes)", MESSAGE_MAX);
-			return;
-		}
-		broadcast(m, m->room->name, "[%s] %.*s", m->nick, (int)len, line);
+	*more = false;
+	while (a != NULL && *p != '\0') {
+		size_t n = strcspn(p, ",");
+
+		if (n == 3 && strncmp(p, "...", 3) == 0)
+			*more = true;
+		else
+			json_array_append_new(a, json_stringn(p, n));
+		p += n;
+		while (*p == ',' || *p == ' ')
+			p++;
+	}
+	return a;
+}
+
+static void
+cmd_who(struct session *s, struct member *m, const char *arg, size_t len)
+{
+	json_t *members;
+	char *buf;
+	bool more;
+	int n;
+
+	(void)arg;
+	(void)len;
+	if (m->room == NULL) {
+		say_error(s, m, "you are in no room: /join ROOM first");
 		return;
 	}
+	if ((buf = malloc(list_max)) == NULL)
+		return;
+	n = chan_who(m->room->name, buf, list_max);
+	if (!m->json) {
+		session_reply(s, "* %s (%d): %s", m->room->name, n, buf);
+	} else if ((members = split_list(buf, &more)) != NULL) {
+		send_json(s, json_pack("{s:s, s:s, s:i, s:o, s:b}", "event", "who",
+		    "room", m->room->name, "count", n, "members", members, "more", more));
+	}
+	free(buf);
+}
+
+static void
+cmd_rooms(struct session *s, struct member *m, const char *arg, size_t len)
+{
+	json_t *list, *rooms;
+	char *buf;
+	bool more;
+	size_t i;
+	int n;
+
+	(void)arg;
+	(void)len;
+	if ((buf = malloc(list_max)) == NULL)
+		return;
+	n = chan_rooms(buf, list_max);
+	if (!m->json) {
+		session_reply(s, "* rooms (%d): %s", n, buf);
+		free(buf);
+		return;
+	}
+	/* "lobby (3)" -> {"room": "lobby", "members": 3} */
+	list = split_list(buf, &more);
+	rooms = json_array();
+	for (i = 0; list != NULL && rooms != NULL && i < json_array_size(list); i++) {
+		const char *item = json_string_value(json_array_get(list, i));
+		const char *paren = strstr(item, " (");
+
+		if (paren == NULL)
+			continue;
+		json_array_append_new(rooms, json_pack("{s:s#, s:i}", "room", item,
+		    (int)(paren - item), "members", atoi(paren + 2)));
+	}
+	json_decref(list);
+	if (rooms != NULL)
+		send_json(s, json_pack("{s:s, s:i, s:o, s:b}", "event", "rooms", "count", n,
+		    "rooms", rooms, "more", more));
+	free(buf);
+}
+
+static void
+cmd_help(struct session *s, struct member *m, const char *arg, size_t len)
+{
+	json_t *list;
+	size_t i, n = sizeof(command_help) / sizeof(command_help[0]);
+
+	(void)arg;
+	(void)len;
+	if (!m->json) {
+		session_reply(s, "* commands:");
+		for (i = 0; i < n; i++)
+			session_reply(s, "*   %-11s %s", command_help[i].usage,
+			    command_help[i].help);
+		session_reply(s, "* anything else you type is said to the room");
+		return;
+	}
+	if ((list = json_array()) == NULL)
+		return;
+	for (i = 0; i < n; i++)
+		json_array_append_new(list, json_pack("{s:s, s:s}", "command",
+		    command_help[i].usage, "help", command_help[i].help));
+	send_json(s, json_pack("{s:s, s:o}", "event", "help", "commands", list));
+}
+
+static void
+cmd_quit(struct session *s, struct member *m, const char *arg, size_t len)
+{
+	(void)m;
+	(void)arg;
+	(void)len;
+	session_quit(s);
+}
+
+static const struct {
+	const char	*name;
+	void		(*fn)(struct session *, struct member *, const char *, size_t);
+} commands[] = {
+	{ "/nick", cmd_nick },
+	{ "/join", cmd_join },
+	{ "/who", cmd_who },
+	{ "/rooms", cmd_rooms },
+	{ "/help", cmd_help },
+	{ "/quit", cmd_quit },
+};
+
+/* A message to the member's room (already neutralised). */
+static void
+say(struct session *s, struct member *m, const char *text, size_t len)
+{
+	if (m->room == NULL) {
+		say_error(s, m, "you are in no room: /join ROOM first");
+		return;
+	}
+	if (len > MESSAGE_MAX) {
+		say_error(s, m, "message too long (max %d bytes)", MESSAGE_MAX);
+		return;
+	}
+	broadcast(m, m->room->name, CHAT_MESSAGE, m->nick, text, len);
+}
+
+/* A command line: "/name arg". */
+static void
+command(struct session *s, struct member *m, char *line)
+{
+	char *arg;
+	size_t clen, alen, i;
+
 	clen = strcspn(line, " \t");
 	arg = line + clen;
 	while (*arg == ' ' || *arg == '\t')
@@ -739,39 +1108,70 @@ chat_line(struct session *s, char *line, size_t len)
 	alen = strlen(arg);
 	while (alen > 0 && (arg[alen - 1] == ' ' || arg[alen - 1] == '\t'))
 		arg[--alen] = '\0';
-
-	if (clen == 5 && strncasecmp(line, "/nick", 5) == 0) {
-		cmd_nick(s, m, arg, alen);
-	} else if (clen == 5 && strncasecmp(line, "/join", 5) == 0) {
-		cmd_join(s, m, arg, alen);
-	} else if (clen == 4 && strncasecmp(line, "/who", 4) == 0) {
-		char *buf;
-		int n;
-
-		if (m->room == NULL) {
-			session_reply(s, "ERR you are in no room: /join ROOM first");
+	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+		if (strlen(commands[i].name) == clen &&
+		    strncasecmp(line, commands[i].name, clen) == 0) {
+			commands[i].fn(s, m, arg, alen);
 			return;
 		}
-		if ((buf = malloc(list_max)) == NULL)
-			return;
-		n = chan_who(m->room->name, buf, list_max);
-		session_reply(s, "* %s (%d): %s", m->room->name, n, buf);
-		free(buf);
-	} else if (clen == 6 && strncasecmp(line, "/rooms", 6) == 0) {
-		char *buf;
-		int n;
-
-		if ((buf = malloc(list_max)) == NULL)
-			return;
-		n = chan_rooms(buf, list_max);
-		session_reply(s, "* rooms (%d): %s", n, buf);
-		free(buf);
-	} else if (clen == 5 && strncasecmp(line, "/quit", 5) == 0) {
-		session_quit(s);
-	} else {
-		session_reply(s, "ERR unknown command '%.*s' (use /nick NAME, /join ROOM, "
-		    "/who, /rooms, /quit)", (int)(clen > 32 ? 32 : clen), line);
 	}
+	say_error(s, m, "unknown command '%.*s' (use /nick NAME, /join ROOM, "
+	    "/who, /rooms, /quit)", (int)(clen > 32 ? 32 : clen), line);
+}
+
+/* A member that speaks JSON: {"message": ..}, {"command": .., "arg": ..},
+ * or plain text as a text member sends it.  Control bytes are neutralised
+ * in what the request asks for (JSON may hold line ends between its
+ * tokens and escaped ones in its strings). */
+static void
+json_request(struct session *s, struct member *m, char *line, size_t len)
+{
+	char *out;
+	size_t olen;
+
+	switch (chat_json_input(line, len, &out, &olen)) {
+	case CHAT_IN_LINE:
+		neutralise(line, len);
+		if (line[0] == '/')
+			command(s, m, line);
+		else
+			say(s, m, line, len);
+		return;
+	case CHAT_IN_MESSAGE:
+		if (out != NULL && olen > 0) {
+			neutralise(out, olen);
+			say(s, m, out, olen);
+		}
+		break;
+	case CHAT_IN_COMMAND:
+		if (out != NULL) {
+			neutralise(out, olen);
+			command(s, m, out);
+		}
+		break;
+	case CHAT_IN_ERROR:
+		say_error(s, m, "%s", out != NULL ? out : "bad request");
+		break;
+	}
+	free(out);
+}
+
+static void
+chat_line(struct session *s, char *line, size_t len)
+{
+	struct member *m = session_data(s);
+
+	if (len == 0)
+		return;
+	if (m->json) {
+		json_request(s, m, line, len);
+		return;
+	}
+	neutralise(line, len);	/* messages, and the commands errors quote */
+	if (line[0] == '/')
+		command(s, m, line);
+	else
+		say(s, m, line, len);
 }
 
 static int
@@ -843,4 +1243,5 @@ const struct service service_chat = {
 	.restore = chat_restore,
 	.handed = chat_handed,
 	.tail = chat_tail,
+	.http = chat_page_http,
 };

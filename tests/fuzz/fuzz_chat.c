@@ -10,9 +10,11 @@
  *   otherwise            the rest of the line is a request from session
  *                        b % 3 (a session that is closed connects again
  *                        first, as a new client)
+ * Session 2 speaks JSON (format = "json"), the others text.
  * After every step each session's queued output is taken and checked: a
  * sequence of whole lines, each ending in "\r\n", no bare '\n', never more
- * than max_output.  A session whose queue overflowed, or that said /quit,
+ * than max_output; the JSON session's lines are each one JSON object (but
+ * for the "Bye" that ends a session).  A session whose queue overflowed, or that said /quit,
  * is closed the way the connection layer would close it.  At the end every
  * session is closed and freed, and nothing may be left in the member table.
  *
@@ -33,6 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <jansson.h>
 
 #include "chan.h"
 #include "config.h"
@@ -56,10 +60,19 @@ static const char chat_conf_text[] =
     "listeners = ( { address = \"127.0.0.1\"; port = 5005; service = \"chat\"; } );\n"
     "chat = { default_room = \"lobby\"; max_rooms = 4; max_members = 2; };\n";
 
-static struct fk_config	*cfg;
+/* the same chat, as a member that speaks JSON sees it */
+static const char chat_json_conf_text[] =
+    "max_line = 1024;\n"
+    "max_output = 8192;\n"
+    "listeners = ( { address = \"127.0.0.1\"; port = 5005; service = \"chat\"; } );\n"
+    "chat = { default_room = \"lobby\"; max_rooms = 4; max_members = 2; "
+    "format = \"json\"; };\n";
+#define JSON_SESS	2
+
+static struct fk_config	*cfg, *cfg_json;
 static struct worker	 w;
 static struct session	 sess[NSESS];
-static const void	*chat_conf;
+static const void	*chat_conf, *chat_json_conf;
 static bool		 trace;		/* FUZZ_CHAT_TRACE=1: show the replies */
 
 int
@@ -74,6 +87,15 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	cfg = fake_worker("fuzz_chat", "fuzz-chat.conf", chat_conf_text, &w,
 	    env == NULL || strcmp(env, "0") != 0);
 	chat_conf = cfg->service_conf[service_index(&service_chat)];
+	{
+		struct config_errors errs = { .count = 0 };
+
+		cfg_json = config_load_string("fuzz-chat-json.conf", chat_json_conf_text,
+		    &errs);
+		if (cfg_json == NULL)
+			abort();
+		chat_json_conf = cfg_json->service_conf[service_index(&service_chat)];
+	}
 	for (i = 0; i < NSESS; i++) {
 		if (pthread_mutex_init(&sess[i].out_lock, NULL) != 0)
 			abort();
@@ -85,7 +107,8 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 static void
 sess_open(struct session *s)
 {
-	fake_session_open(&w, s, &service_chat, chat_conf, 40000 + (int)(s - sess));
+	fake_session_open(&w, s, &service_chat, s - sess == JSON_SESS ? chat_json_conf :
+	    chat_conf, 40000 + (int)(s - sess));
 }
 
 static void
@@ -114,6 +137,20 @@ drain(struct session *s)
 	for (i = 0; i < n; i++)
 		if (p[i] == '\n' && (i == 0 || p[i - 1] != '\r'))
 			abort();
+	for (i = 0; s - sess == JSON_SESS && i < n; ) {
+		const char *eol = memchr(p + i, '\n', n - i);
+		size_t llen = (size_t)(eol - (p + i)) - 1;
+		json_t *j;
+
+		i = (size_t)(eol - p) + 1;
+		/* the session layer's own goodbye to /quit is its last line */
+		if (llen == 3 && memcmp(eol - 4, "Bye", 3) == 0 && i == n)
+			continue;
+		j = json_loadb(eol - 1 - llen, llen, 0, NULL);
+		if (j == NULL || !json_is_object(j))
+			abort();
+		json_decref(j);
+	}
 	if (trace && n > 0)
 		fprintf(stderr, "[session %d]\n%.*s", (int)(s - sess), (int)n, p);
 	s->out_off = s->out_len = 0;

@@ -3,6 +3,7 @@ the new generation of workers (reload_sessions = "handover", the default).
 The clients here never pause and never reconnect; what they must see is
 nothing at all: no EOF, no reset, no goodbye, no chat left/joined line, every
 request answered once and in order."""
+import json
 import os
 import re
 import signal
@@ -196,13 +197,15 @@ def test_hundred_reloads_under_load(forkd_factory, tmp_path, capsys):
     talk = join_chat(port(d, CHAT), "talker", "r1")
     hear = join_chat(port(d, CHAT_CHUNK), "hearer", "r1")
     assert talk.line() == "* hearer joined r1"
+    # a browser's member: it reads JSON
     wsh = wsclient.create_connection(f"ws://127.0.0.1:{port(d, WS_CHAT)}/", timeout=10)
-    while not wsh.recv().startswith("* commands:"):
+    assert json.loads(wsh.recv())["event"] == "welcome"
+    wsh.send(json.dumps({"command": "nick", "arg": "wshearer"}))
+    while json.loads(wsh.recv()).get("text") != "you are now wshearer":
         pass
-    wsh.send("/nick wshearer")
-    assert wsh.recv() == "* you are now wshearer"
-    wsh.send("/join r1")
-    assert wsh.recv() == "* you joined r1"
+    wsh.send(json.dumps({"command": "join", "arg": "r1"}))
+    while json.loads(wsh.recv()).get("text") != "you joined r1":
+        pass
     assert talk.line() == "* wshearer joined r1"
     assert hear.line() == "* wshearer joined r1"
     # a slow reader: output is queued in the server at the moment of handover
@@ -290,7 +293,9 @@ def test_hundred_reloads_under_load(forkd_factory, tmp_path, capsys):
     wsh.settimeout(5)
     while len(ws_heard) < said[0]:
         ws_heard.append(wsh.recv())
-    assert ws_heard == [f"[talker] m {k}" for k in range(said[0])], \
+    ws_got = [json.loads(m) for m in ws_heard]
+    assert ws_got == [{"payload": {"message": f"m {k}", "nick": "talker", "room": "r1"}}
+                      for k in range(said[0])], \
         "the WebSocket member lost, repeated or reordered chat lines"
     lines = [l for l in heard if not l.startswith("[talker] m ")]
     assert lines == [], lines

@@ -4,6 +4,7 @@ the exact HTTP status or close code."""
 import asyncio
 import base64
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -570,9 +571,10 @@ def test_idle_timeout_without_pings_closes_1000(forkd_factory):
 # ---- output from other sessions ----
 
 def test_chat_from_telnet_reaches_websocket_as_valid_utf8(forkd_factory):
+    # the chat's text lines, as a WebSocket member with format = "text" gets them
     d = forkd_factory([{"service": "chat", "protocol": "websocket"},
                        {"service": "chat", "protocol": "line"}],
-                      workers=1, threads=4)
+                      workers=1, threads=4, chat={"format": "text"})
     r = Raw(d.listeners[0]["port"]).handshake()
     greeting = r.text()
     assert greeting.startswith("* welcome to forkd chat"), greeting
@@ -580,6 +582,9 @@ def test_chat_from_telnet_reaches_websocket_as_valid_utf8(forkd_factory):
     t = Client(d.listeners[1]["port"])
     assert t.line().startswith("* welcome to forkd chat")
     assert t.line().startswith("* commands:")
+    # the WebSocket member asked for /chat: that is its room
+    t.send("/join chat\n")
+    assert t.line() == "* you joined chat"
     # what telnet sends need not be UTF-8; what a browser gets must be
     t.send(b"caf\xc3\xa9 \xff\xfe end\n")
     while True:
@@ -591,7 +596,8 @@ def test_chat_from_telnet_reaches_websocket_as_valid_utf8(forkd_factory):
 
 def test_tutorial_client_chats_in_a_room(forkd_factory):
     """websocket-client's WebSocketApp, as the chat tutorial's client runs it,
-    on ws://HOST:PORT/websock1/: what one member sends reaches the other."""
+    on ws://HOST:PORT/websock1/: what one member sends reaches the other, in
+    the JSON the chat gives WebSocket members."""
     need(wsclient, "websocket")
     import threading
     d = forkd_factory([{"service": "chat", "protocol": "websocket"}], workers=2, threads=4)
@@ -612,12 +618,14 @@ def test_tutorial_client_chats_in_a_room(forkd_factory):
     for t in threads:
         t.start()
     for n in ("a", "b"):
-        wait_until(lambda: any(m.startswith("* commands:") for m in got[n]),
+        wait_until(lambda: any(json.loads(m).get("event") == "welcome" for m in got[n]),
                    what=f"{n}'s greeting")
     apps["a"].send("/nick alice")
-    wait_until(lambda: "* you are now alice" in got["a"], what="the new nick")
+    wait_until(lambda: any(json.loads(m).get("text") == "you are now alice"
+                           for m in got["a"]), what="the new nick")
     apps["a"].send("hello room")
-    wait_until(lambda: "[alice] hello room" in got["b"], what="the message at b")
+    want = {"payload": {"message": "hello room", "nick": "alice", "room": "websock1"}}
+    wait_until(lambda: want in [json.loads(m) for m in got["b"]], what="the message at b")
     apps["b"].send("/quit")
     wait_until(lambda: "b" in closed, what="b's close")
     assert closed["b"] == 1000

@@ -179,16 +179,19 @@ check_shipped_file(void)
 		}
 	}
 	/* the documented listeners: echo, stats on loopback only, calc, chat,
-	 * metrics on loopback only */
-	CHECK(cfg->nlisteners == 5, "%s: %zu listeners", path, cfg->nlisteners);
-	if (cfg->nlisteners == 5) {
+	 * chat for browsers and WebSocket clients on 8000, metrics on loopback
+	 * only */
+	CHECK(cfg->nlisteners == 6, "%s: %zu listeners", path, cfg->nlisteners);
+	if (cfg->nlisteners == 6) {
 		static const struct { const char *svc, *addr; int port; } want[] = {
 			{ "echo", "0.0.0.0", 5002 }, { "stats", "127.0.0.1", 5003 },
 			{ "calc", "0.0.0.0", 5004 }, { "chat", "0.0.0.0", 5005 },
-			{ "metrics", "127.0.0.1", 9477 },
+			{ "chat", "0.0.0.0", 8000 }, { "metrics", "127.0.0.1", 9477 },
 		};
 
-		for (i = 0; i < 5; i++) {
+		CHECK(cfg->listeners[4].protocol == PROTO_WEBSOCKET,
+		    "%s: the chat on 8000 does not speak WebSocket", path);
+		for (i = 0; i < 6; i++) {
 			const struct fk_listener *l = &cfg->listeners[i];
 
 			CHECK(strcmp(l->service_name, want[i].svc) == 0 &&
