@@ -217,3 +217,13 @@ lsock_close_all(struct lsock_set *set)
 	set->v = NULL;
 	set->n = 0;
 }
+
+void
+lsock_owned(struct lsock_set *set, int fd)
+{
+	size_t i;
+
+	for (i = 0; i < set->n; i++)
+		if (set->v[i].fd == fd)
+			set->v[i].from_systemd = false;
+}

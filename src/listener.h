@@ -39,5 +39,8 @@ void	lsock_prune(struct lsock_set *, const struct fk_config *cfg);
 int	lsock_check_unmatched(const struct lsock_set *, const struct fk_config *cfg,
 	    char *err, size_t errlen);
 void	lsock_close_all(struct lsock_set *);
+/* An upgrade passed fd like systemd does, but forkd opened it: it is
+ * forkd's to re-listen and to close when no listener uses it any more. */
+void	lsock_owned(struct lsock_set *, int fd);
 
 #endif

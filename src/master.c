@@ -728,12 +728,18 @@ master_set_argv(char *const *argv)
 static void __attribute__((noreturn))
 exec_upgrade(int link, int *keep)
 {
-	char env[64];
+	char env[64], *own;
 	int n = 0, i, fd;
 	sigset_t none;
 
-	for (i = 0; i < (int)M.socks.n; i++)
+	/* which of them this forkd opened itself (the others are systemd's) */
+	if ((own = calloc(M.socks.n + 1, 1)) == NULL)
+		_exit(127);
+	for (i = 0; i < (int)M.socks.n; i++) {
+		own[i] = M.socks.v[i].from_systemd ? '0' : '1';
 		keep[n++] = M.socks.v[i].fd;
+	}
+	setenv("FORKD_UPGRADE_OWN", own, 1);
 	keep[n] = link;
 	keep[n + 1] = M.ctlfd;
 	/* out of the way first, then to 3, 4, ... in order */
@@ -1534,8 +1540,20 @@ setup(struct fk_config *cfg)
 			unsetenv("FORKD_UPGRADE");
 		}
 	}
-	if (lsock_adopt_systemd(&M.socks, err, sizeof(err)) < 0 ||
-	    lsock_check_unmatched(&M.socks, cfg, err, sizeof(err)) != 0) {
+	if (lsock_adopt_systemd(&M.socks, err, sizeof(err)) < 0) {
+		log_err("%s", err);
+		return -1;
+	}
+	{
+		const char *own = getenv("FORKD_UPGRADE_OWN");
+
+		/* an upgrade: the sockets the old master had opened itself */
+		for (i = 0; own != NULL && own[i] != '\0'; i++)
+			if (own[i] == '1')
+				lsock_owned(&M.socks, SD_LISTEN_FDS_START + i);
+		unsetenv("FORKD_UPGRADE_OWN");
+	}
+	if (lsock_check_unmatched(&M.socks, cfg, err, sizeof(err)) != 0) {
 		log_err("%s", err);
 		return -1;
 	}

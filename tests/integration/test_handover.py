@@ -515,6 +515,20 @@ def test_upgrade_to_a_rebuilt_binary_under_load(forkd_factory, tmp_path, monkeyp
         # the new master holds what the old one did, nothing more
         wait_until(lambda: len(os.listdir(f"/proc/{new_master}/fd")) == fds_before, 5,
                    f"the new master to hold {fds_before} descriptors")
+        # the new master reloads like any: a dropped listener is closed (a
+        # connection there is refused, not left hanging)
+        gone = port(d, CHUNK)
+        d.write_conf(listeners=[l for i, l in enumerate(d.listeners) if i != CHUNK])
+        os.kill(new_master, signal.SIGHUP)
+
+        def refused():
+            try:
+                socket.create_connection(("127.0.0.1", gone), timeout=1).close()
+                return False
+            except ConnectionRefusedError:
+                return True
+        wait_until(refused, 10, f"port {gone} to be closed after the reload")
+        assert part.ask("on") == "Echo: on"
         with capsys.disabled():
             print(f"\n[upgrade] forkd --upgrade returned in {took * 1000:.0f} ms: "
                   f"{m.group(2)} sessions moved to pid {new_master}; {load.counts}")
