@@ -587,3 +587,51 @@ def test_a_presence_call_waiting_on_redis_holds_no_pool_thread(forkd_factory, re
     # the line alice sent after /who reached the room only after its answer
     until(carol, "[alice] hello after who")
     assert "chat_redis_link up" in "".join(f"{k} {v}\n" for k, v in stats(d).items())
+
+
+def test_a_websocket_member_waiting_on_redis_holds_no_pool_thread(forkd_factory, redis):
+    """The same over WebSocket: a browser's /who waits for a stopped Redis
+    without holding the only pool thread, and its next message follows the
+    answer.  A new browser's first room waits the same way."""
+    websocket = pytest.importorskip(
+        "websocket", reason="python3-websocket is not installed: NOT tested")
+    import json
+    d = forkd_factory([{"service": "chat", "protocol": "websocket"}, {"service": "chat"},
+                       {"service": "stats"}], workers=1, threads=1,
+                      chat={"layer": "redis", "redis_address": f"127.0.0.1:{redis.port}",
+                            "presence_lease": 30, "redis_timeout": 5000})
+    linked(d)
+    ws_port, line_port = d.listeners[0]["port"], d.listeners[1]["port"]
+    alice = websocket.create_connection(f"ws://127.0.0.1:{ws_port}/lobby/", timeout=10)
+    assert json.loads(alice.recv())["event"] == "welcome"
+    alice.send('{"command": "nick", "arg": "alice"}')
+    bob, carol = member(d, "bob", sock=Client(line_port)), member(d, "carol",
+                                                                  sock=Client(line_port))
+    os.kill(redis.proc.pid, signal.SIGSTOP)
+    try:
+        alice.send("/who")
+        alice.send("hello after who")
+        # a browser arriving now waits for its first room, holding nothing
+        late = websocket.create_connection(f"ws://127.0.0.1:{ws_port}/lobby/", timeout=10)
+        bob.send("hi from bob\n")
+        until(carol, "[bob] hi from bob", timeout=4)
+        seen = []
+        alice.settimeout(0.2)
+        try:
+            while True:
+                seen.append(json.loads(alice.recv()))
+        except websocket.WebSocketTimeoutException:
+            pass
+        assert not any(o.get("event") == "who" for o in seen), seen
+    finally:
+        os.kill(redis.proc.pid, signal.SIGCONT)
+    alice.settimeout(10)
+    while True:
+        o = json.loads(alice.recv())
+        if o.get("event") == "who":
+            break
+    assert o["room"] == "lobby" and {"alice", "bob", "carol"} <= set(o["members"]), o
+    until(carol, "[alice] hello after who")
+    assert json.loads(late.recv())["event"] == "welcome"
+    late.close()
+    alice.close()
