@@ -1,6 +1,7 @@
 #ifndef FORKD_CHAN_H
 #define FORKD_CHAN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /*
@@ -94,6 +95,12 @@ unsigned chan_next_guest(void);
 #define CHAN_LINK_DOWN	1	/* some worker cannot reach Redis */
 #define CHAN_LINK_UP	2
 int	chan_link(void);
+/*
+ * Would a presence call (chan_join, chan_rename, chan_who, chan_rooms) wait
+ * for another server now?  Then a caller on a pool thread hands it to
+ * session_offload instead of making it in place.
+ */
+bool	chan_may_wait(void);
 struct chan_counters {
 	unsigned long long	published;	/* lines sent to other hosts */
 	unsigned long long	received;	/* lines from other hosts */

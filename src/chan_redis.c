@@ -314,6 +314,12 @@ set_state(bool *which, bool up)
 		notice(say, strlen(say));
 }
 
+bool
+chan_may_wait(void)
+{
+	return active && atomic_load_explicit(&link_up, memory_order_relaxed);
+}
+
 int
 chan_link(void)
 {

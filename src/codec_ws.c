@@ -525,6 +525,29 @@ trk_limit(const struct tracker *t0, const unsigned char *p, size_t n)
 	return n;
 }
 
+/*
+ * Bytes from p to the end of the frame under way (its header, while that
+ * is incomplete), at most n: wslay is handed one frame at a time, so that
+ * when a message's work is offloaded (the session is held) wslay holds no
+ * later frame that it would go on to deliver.
+ */
+static size_t
+trk_frame_left(const struct tracker *t, const unsigned char *p, size_t n)
+{
+	size_t hl;
+	uint64_t left;
+
+	if (t->hlen > 0)
+		left = t->hlen >= 2 ? t->hneed - t->hlen : 1;
+	else if (t->rem > 0)
+		left = t->rem;
+	else if (n < 2 || n < (hl = hdr_len(p[1])))
+		left = n;
+	else
+		left = hl + hdr_payload(p);
+	return left < n ? (size_t)left : n;
+}
+
 static ssize_t
 ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
     void *arg)
@@ -535,8 +558,14 @@ ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
 	size_t n;
 
 	(void)flags;
+	if (atomic_load(&st->c->held)) {
+		/* a request's work is offloaded: the rest waits in conn.c */
+		wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+		return -1;
+	}
 	if (len > st->in_len)
 		len = st->in_len;
+	len = trk_frame_left(&st->trk, in, len);
 	n = trk_limit(&st->trk, in, len);
 	if (n == 0 && len > 0 && len < st->in_len &&
 	    trk_limit(&st->trk, in, st->in_len) > 0)
@@ -624,7 +653,7 @@ ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg 
 		req[arg->msg_length] = '\0';
 		rc = conn_request(c, req, arg->msg_length);
 		free(req);
-		if (rc < 0) {
+		if (rc < 0 && !atomic_load(&c->held)) {
 			st->stop = true;
 			wslay_event_shutdown_read(ctx);
 		}
@@ -654,7 +683,7 @@ ws_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg 
 		pthread_mutex_unlock(&c->out_lock);
 		if (!ok)
 			overflow(c);
-		if (rc < 0) {
+		if (rc < 0 && !atomic_load(&c->held)) {
 			st->stop = true;
 			wslay_event_shutdown_read(ctx);
 		}
@@ -766,12 +795,18 @@ ctx_trim(struct session *c, struct ws *st)
 	pthread_mutex_unlock(&c->out_lock);
 }
 
+/*
+ * Frames to wslay.  Returns 0, or -1 when the session ends or is held; when
+ * held, *used says how many of the n bytes were taken.
+ */
 static int
-ws_frames(struct session *c, struct ws *st, char *data, size_t n)
+ws_frames(struct session *c, struct ws *st, char *data, size_t n, size_t *used)
 {
 	char *joined = NULL;
+	size_t carried = st->carry_len;
 	int r;
 
+	*used = n;
 	if (!ctx_make(c, st)) {
 		send_close(c, st, 1011, NULL);
 		fail(c, st);
@@ -794,6 +829,19 @@ ws_frames(struct session *c, struct ws *st, char *data, size_t n)
 	st->in = data;
 	st->in_len = n;
 	r = wslay_event_recv(st->ctx);
+	if (r == 0 && atomic_load(&c->held) && !st->stop &&
+	    st->reply_close == WS_NO_CLOSE) {
+		/* the rest is conn.c's to keep until the work is done */
+		size_t taken = (size_t)(st->in - data);
+
+		*used = taken > carried ? taken - carried : 0;
+		st->in = NULL;
+		st->in_len = 0;
+		free(joined);
+		if (ctx_idle(st))
+			ctx_trim(c, st);
+		return -1;
+	}
 	if (r == 0 && !st->stop && st->reply_close == WS_NO_CLOSE &&
 	    wslay_event_get_read_enabled(st->ctx) && st->in_len > 0) {
 		/* held back: part of one control frame, less than WS_CTL_MAX */
@@ -1093,6 +1141,8 @@ static int
 ws_input(struct session *c, char *data, size_t n)
 {
 	struct ws *st = c->cstate;
+	char *start = data;
+	size_t taken;
 
 	if (st->done || st->stop)
 		return -1;
@@ -1114,7 +1164,16 @@ ws_input(struct session *c, char *data, size_t n)
 	}
 	if (n == 0)
 		return 0;
-	return ws_frames(c, st, data, n);
+	if (atomic_load(&c->held)) {
+		/* the service's open was offloaded: frames wait for it */
+		c->in_used = (size_t)(data - start);
+		return -1;
+	}
+	if (ws_frames(c, st, data, n, &taken) < 0) {
+		c->in_used = (size_t)(data - start) + taken;
+		return -1;
+	}
+	return 0;
 }
 
 static void
@@ -1304,4 +1363,5 @@ const struct codec codec_websocket = {
 	.save = ws_save,
 	.restore = ws_restore,
 	.close = ws_close,
+	.can_hold = true,
 };

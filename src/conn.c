@@ -522,7 +522,8 @@ feed(struct session *c, char *data, size_t n)
 	}
 	if (c->closing || atomic_load_explicit(&c->kill, memory_order_relaxed))
 		return 1;
-	if (r < 0 && atomic_load(&c->held)) {
+	if (atomic_load(&c->held)) {
+		/* (also when the session's open was offloaded from the codec) */
 		size_t rest = c->in_used < n ? n - c->in_used : 0;
 
 		if (rest > 0) {

@@ -635,8 +635,9 @@ welcome(struct session *s, const struct member *m, const char *room, const char 
 	send_json(s, o);
 }
 
+/* Into the first room: its presence check may wait (see run_command). */
 static void
-chat_open(struct session *s)
+open_room(struct session *s, void *arg)
 {
 	const struct chat_conf *conf = session_conf(s);
 	struct member *m = session_data(s);
@@ -645,9 +646,7 @@ chat_open(struct session *s)
 	bool bad;
 	int rc;
 
-	m->s = s;
-	m->json = speaks_json(s, conf);
-	snprintf(m->nick, sizeof(m->nick), "guest%u", chan_next_guest());
+	(void)arg;
 	room = first_room(s, conf, buf, sizeof(buf), &bad);
 	if (bad) {
 		/* the greeting is queued before the room can send us anything */
@@ -658,6 +657,20 @@ chat_open(struct session *s)
 	welcome(s, m, room, rc != CHAN_OK ? join_error(rc) : NULL);
 	if (rc == CHAN_OK)
 		enter_local(m, room);
+}
+
+static void
+chat_open(struct session *s)
+{
+	const struct chat_conf *conf = session_conf(s);
+	struct member *m = session_data(s);
+
+	m->s = s;
+	m->json = speaks_json(s, conf);
+	snprintf(m->nick, sizeof(m->nick), "guest%u", chan_next_guest());
+	if (chan_may_wait() && session_offload(s, open_room, NULL))
+		return;
+	open_room(s, NULL);
 }
 
 static void
@@ -1067,17 +1080,59 @@ cmd_quit(struct session *s, struct member *m, const char *arg, size_t len)
 	session_quit(s);
 }
 
+typedef void cmd_fn(struct session *, struct member *, const char *, size_t);
+
 static const struct {
 	const char	*name;
-	void		(*fn)(struct session *, struct member *, const char *, size_t);
+	cmd_fn		*fn;
+	bool		 presence;	/* asks the channel layer, which may wait */
 } commands[] = {
-	{ "/nick", cmd_nick },
-	{ "/join", cmd_join },
-	{ "/who", cmd_who },
-	{ "/rooms", cmd_rooms },
-	{ "/help", cmd_help },
-	{ "/quit", cmd_quit },
+	{ "/nick", cmd_nick, true },
+	{ "/join", cmd_join, true },
+	{ "/who", cmd_who, true },
+	{ "/rooms", cmd_rooms, true },
+	{ "/help", cmd_help, false },
+	{ "/quit", cmd_quit, false },
 };
+
+/*
+ * With the Redis layer, a presence command waits for Redis: it runs on the
+ * worker's offload thread (session_offload), never on a pool thread, and
+ * the member's next request waits for it, so answers keep their order.
+ */
+struct deferred {
+	cmd_fn		*fn;
+	size_t		 len;
+	char		 arg[];
+};
+
+static void
+run_deferred(struct session *s, void *arg)
+{
+	struct deferred *d = arg;
+
+	d->fn(s, session_data(s), d->arg, d->len);
+	free(d);
+}
+
+static void
+run_command(struct session *s, struct member *m, cmd_fn *fn, bool presence,
+    const char *arg, size_t len)
+{
+	struct deferred *d;
+
+	if (presence && chan_may_wait() &&
+	    (d = malloc(sizeof(*d) + len + 1)) != NULL) {
+		d->fn = fn;
+		d->len = len;
+		memcpy(d->arg, arg, len);
+		d->arg[len] = '\0';
+		if (session_offload(s, run_deferred, d))
+			return;
+		free(d);
+	}
+	fn(s, m, arg, len);
+}
 
 /* A message to the member's room (already neutralised). */
 static void
@@ -1111,7 +1166,7 @@ command(struct session *s, struct member *m, char *line)
 	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
 		if (strlen(commands[i].name) == clen &&
 		    strncasecmp(line, commands[i].name, clen) == 0) {
-			commands[i].fn(s, m, arg, alen);
+			run_command(s, m, commands[i].fn, commands[i].presence, arg, alen);
 			return;
 		}
 	}

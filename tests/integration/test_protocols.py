@@ -1,5 +1,6 @@
 """Protocols: line and chunk framing, and the tutorials' own clients, which send
 a message with no line end and wait for the answer."""
+import json
 import os
 import re
 import socket
@@ -173,7 +174,7 @@ def test_tutorials_conf_is_valid():
 
 def test_every_tutorial_on_its_own_port(shipped_factory):
     d, ports = shipped_factory("tutorials.conf")
-    assert set(ports) >= {5002, 5008, 6000, 10001}
+    assert set(ports) >= {5002, 5008, 6000, 10001, 8000}
     # 000: the threaded echo server's client
     assert tutorial_client(ports[5002], "hello") == "Echo: hello\r\n"
     # 003: words come back as sent; "quit" ends the session
@@ -188,3 +189,20 @@ def test_every_tutorial_on_its_own_port(shipped_factory):
     c = Client(ports[10001])
     assert c.ask("exit") == "Bye"
     assert c.eof()
+    # 001: the WebSocket room at /websock1/, with its client's library
+    try:
+        import websocket
+    except ImportError:
+        pytest.skip("python3-websocket (websocket-client) is not installed: "
+                    "the WebSocket room of tutorials.conf is NOT tested")
+    ws = websocket.create_connection(f"ws://127.0.0.1:{ports[8000]}/websock1/", timeout=5)
+    try:
+        ws.send("hello")
+        while True:
+            m = json.loads(ws.recv())
+            if "payload" in m:
+                break
+        assert m["payload"]["message"] == "hello"
+        assert m["payload"]["room"] == "websock1"
+    finally:
+        ws.close()

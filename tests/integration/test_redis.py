@@ -547,3 +547,91 @@ def test_a_slow_subscriber_cut_by_redis_links_up_again(forkd_factory, tmp_path):
         read_until_match(carol, re.compile(r"\[alice\] after the cut"))
     finally:
         r.stop()
+
+
+def test_a_presence_call_waiting_on_redis_holds_no_pool_thread(forkd_factory, redis):
+    """One worker with one pool thread; Redis stops answering (SIGSTOP) while
+    a member asks /who.  The pool thread is not held: another member's line
+    reaches the room at once.  The asker's answer comes once Redis answers,
+    and what it sent after /who is answered after it, in order."""
+    d = forkd_factory([{"service": "chat"}, {"service": "stats"}], workers=1, threads=1,
+                      chat={"layer": "redis", "redis_address": f"127.0.0.1:{redis.port}",
+                            "presence_lease": 30, "redis_timeout": 5000})
+    linked(d)
+    alice, bob, carol = member(d, "alice"), member(d, "bob"), member(d, "carol")
+    os.kill(redis.proc.pid, signal.SIGSTOP)
+    try:
+        alice.send("/who\nhello after who\n")
+        bob.send("hi from bob\n")
+        # carol hears bob while alice's /who still waits for Redis
+        until(carol, "[bob] hi from bob", timeout=4)
+        alice.sock.setblocking(False)
+        try:
+            early = alice.sock.recv(4096)
+        except BlockingIOError:
+            early = b""
+        alice.sock.setblocking(True)
+        alice.buf += early
+        assert b"* lobby (" not in alice.buf, \
+            f"alice's /who was answered while Redis was stopped: {alice.buf!r}"
+    finally:
+        os.kill(redis.proc.pid, signal.SIGCONT)
+    # the /who sent before the stop is answered now
+    while True:
+        l = alice.line()
+        assert l is not None, "EOF before the /who answer"
+        if l.startswith("* lobby ("):
+            break
+    assert l.startswith("* lobby (3): ") and \
+        set(l.split(": ", 1)[1].split(", ")) == {"alice", "bob", "carol"}, l
+    # the line alice sent after /who reached the room only after its answer
+    until(carol, "[alice] hello after who")
+    assert "chat_redis_link up" in "".join(f"{k} {v}\n" for k, v in stats(d).items())
+
+
+def test_a_websocket_member_waiting_on_redis_holds_no_pool_thread(forkd_factory, redis):
+    """The same over WebSocket: a browser's /who waits for a stopped Redis
+    without holding the only pool thread, and its next message follows the
+    answer.  A new browser's first room waits the same way."""
+    websocket = pytest.importorskip(
+        "websocket", reason="python3-websocket is not installed: NOT tested")
+    import json
+    d = forkd_factory([{"service": "chat", "protocol": "websocket"}, {"service": "chat"},
+                       {"service": "stats"}], workers=1, threads=1,
+                      chat={"layer": "redis", "redis_address": f"127.0.0.1:{redis.port}",
+                            "presence_lease": 30, "redis_timeout": 5000})
+    linked(d)
+    ws_port, line_port = d.listeners[0]["port"], d.listeners[1]["port"]
+    alice = websocket.create_connection(f"ws://127.0.0.1:{ws_port}/lobby/", timeout=10)
+    assert json.loads(alice.recv())["event"] == "welcome"
+    alice.send('{"command": "nick", "arg": "alice"}')
+    bob, carol = member(d, "bob", sock=Client(line_port)), member(d, "carol",
+                                                                  sock=Client(line_port))
+    os.kill(redis.proc.pid, signal.SIGSTOP)
+    try:
+        alice.send("/who")
+        alice.send("hello after who")
+        # a browser arriving now waits for its first room, holding nothing
+        late = websocket.create_connection(f"ws://127.0.0.1:{ws_port}/lobby/", timeout=10)
+        bob.send("hi from bob\n")
+        until(carol, "[bob] hi from bob", timeout=4)
+        seen = []
+        alice.settimeout(0.2)
+        try:
+            while True:
+                seen.append(json.loads(alice.recv()))
+        except websocket.WebSocketTimeoutException:
+            pass
+        assert not any(o.get("event") == "who" for o in seen), seen
+    finally:
+        os.kill(redis.proc.pid, signal.SIGCONT)
+    alice.settimeout(10)
+    while True:
+        o = json.loads(alice.recv())
+        if o.get("event") == "who":
+            break
+    assert o["room"] == "lobby" and {"alice", "bob", "carol"} <= set(o["members"]), o
+    until(carol, "[alice] hello after who")
+    assert json.loads(late.recv())["event"] == "welcome"
+    late.close()
+    alice.close()
