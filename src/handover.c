@@ -369,6 +369,8 @@ offer(struct worker *w, struct session *c)
 		return -1;
 	}
 	rc = send_state(H.fd, &h, c->fd, b.p, b.len);
+	if (rc == 0 && h.memfd)
+		log_debug("%s: %zu bytes of state, in a memfd", c->peer, b.len);
 	free(b.p);
 	if (rc != 0)
 		return -1;

@@ -576,3 +576,19 @@ def test_websocket_moves_between_messages(forkd_factory, tmp_path):
     assert ws.recv() == "Echo: later"
     assert stats(d)["sessions_handed_over"] == "1"
     ws.close()
+
+
+def test_large_state_moves_too(forkd_factory, tmp_path):
+    """A session whose state passes what one record holds (here an unfinished
+    line of 8100 bytes) moves all the same (its state in a memfd)."""
+    d = handover_daemon(forkd_factory, tmp_path, log_level="debug")
+    c = Client(port(d, ECHO))
+    assert c.ask("x") == "Echo: x"
+    big = "y" * 8100
+    c.send(big)
+    d.signal(signal.SIGHUP)
+    wait_until(lambda: reload_done(d, 1), 10, "the reload to finish")
+    assert re.search(r"bytes of state, in a memfd", d.log())
+    c.send("\n")
+    assert c.line() == "Echo: " + big
+    assert stats(d)["sessions_handed_over"] == "1"
