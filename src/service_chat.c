@@ -796,7 +796,7 @@ chat_restore(struct session *s, const char *buf, size_t len, uint64_t *mark)
 	return 0;
 }
 
-#define CATCH_UP_MS	50	/* longest the old worker waits for its ring */
+#define CATCH_UP_MS	1000	/* longest the old worker waits for its ring */
 
 static void
 chat_handed(struct session *s, bool moved, uint64_t mark, char **tail, size_t *tlen)
@@ -826,9 +826,15 @@ chat_handed(struct session *s, bool moved, uint64_t mark, char **tail, size_t *t
 		uint64_t upto = mark - 1, end = now_ms() + CATCH_UP_MS;
 
 		/* every line up to the mark is in our ring: deliver them first */
-		while (mark != UINT64_MAX && chan_seen(room) < upto && now_ms() < end) {
+		while (mark != UINT64_MAX && chan_seen(room) < upto) {
 			struct timespec ts = { 0, 200000 };
 
+			if (now_ms() >= end) {
+				log_warnx("chat: %s: the room's lines up to %llu did not come "
+				    "in %d ms: some may be missing", m->nick,
+				    (unsigned long long)upto, CATCH_UP_MS);
+				break;
+			}
 			nanosleep(&ts, NULL);
 		}
 		pthread_mutex_lock(&rooms_lock);
