@@ -36,6 +36,8 @@
 #define OUT_MIN_CAP	256
 #define OUT_KEEP_CAP	2048	/* larger output buffers are freed once flushed */
 #define DRAIN_LIMIT	65536	/* bytes read and dropped before a graceful close */
+#define LINGER_MS	1000	/* a closed session waits this long for its client's close */
+#define LINGER_LIMIT	(1024 * 1024)	/* and reads at most this much meanwhile */
 
 static const char *const kill_line[] = {
 	[KILL_NONE] = NULL,
@@ -373,11 +375,61 @@ out_pending(struct session *c)
 
 /* ---- closing ---- */
 
+/* Read and drop what the client sends: 0 when more may come, 1 when done
+ * (its close, an error, or the limit). */
+static int
+linger_drain(struct session *c)
+{
+	char drop[4096];
+	ssize_t n;
+
+	while (c->lingered < LINGER_LIMIT) {
+		n = recv(c->fd, drop, sizeof(drop), MSG_DONTWAIT);
+		if (n > 0) {
+			c->lingered += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : 1;
+	}
+	return 1;
+}
+
+/* The descriptor and the places it held go. */
+static void
+conn_release(struct session *c)
+{
+	struct worker *w = c->w;
+	struct sb_slot *sb = w->sb;
+
+	close(c->fd);
+	c->fd = -1;
+	atomic_store(&c->lingering, false);
+	if (c->ip_counted)
+		iplimit_release(w->slot, (struct sockaddr *)&c->peer_addr);
+	c->ip_counted = false;
+	atomic_fetch_sub_explicit(&sb->conns, 1, memory_order_relaxed);
+	atomic_fetch_sub_explicit(&sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
+	atomic_fetch_sub_explicit(&SESSION_LC(c)->conns, 1, memory_order_relaxed); /* metrics */
+	atomic_fetch_sub_explicit(&sb->proto_conns[c->l->protocol], 1, memory_order_relaxed);
+	atomic_fetch_sub(&w->nconns, 1);
+}
+
 static void
 conn_close(struct session *c, enum conn_kill why)
 {
 	struct worker *w = c->w;
 	struct sb_slot *sb = w->sb;
+	/*
+	 * A session the server ends on its own (a quit, a timeout, a protocol
+	 * error, a slow reader) waits, write side shut, for its client to
+	 * close too: data the client sends meanwhile would otherwise turn the
+	 * close into a reset that can destroy the last words unread.  A stop
+	 * or a reload's end closes at once, after reading what is there.
+	 */
+	bool linger = !c->eof && why != KILL_SEND_TIMEOUT && why != KILL_SHUTDOWN &&
+	    why != KILL_RETIRE && (why != KILL_NONE || c->closing);
 
 	if (c->begun && c->svc->close != NULL)
 		c->svc->close(c);
@@ -390,7 +442,7 @@ conn_close(struct session *c, enum conn_kill why)
 	c->out_full = false;
 	pthread_mutex_unlock(&c->out_lock);
 
-	if (why != KILL_NONE && why != KILL_SEND_TIMEOUT) {
+	if (!linger && why != KILL_NONE && why != KILL_SEND_TIMEOUT) {
 		char drop[4096];
 		size_t dropped = 0;
 		ssize_t n;
@@ -418,17 +470,17 @@ conn_close(struct session *c, enum conn_kill why)
 	c->data = NULL;
 	free(c->resource);
 	c->resource = NULL;
-	close(c->fd);
-	c->fd = -1;
-	if (c->ip_counted)
-		iplimit_release(w->slot, (struct sockaddr *)&c->peer_addr);
-	c->ip_counted = false;
-	atomic_fetch_sub_explicit(&sb->conns, 1, memory_order_relaxed);
-	atomic_fetch_sub_explicit(&sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
-	atomic_fetch_sub_explicit(&SESSION_LC(c)->conns, 1, memory_order_relaxed); /* metrics */
-	atomic_fetch_sub_explicit(&sb->proto_conns[c->l->protocol], 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&sb->closed[why], 1, memory_order_relaxed);
-	atomic_fetch_sub(&w->nconns, 1);
+	if (linger && shutdown(c->fd, SHUT_WR) == 0) {
+		c->lingered = 0;
+		if (linger_drain(c) == 0) {
+			/* its close (EPOLLIN/RDHUP) or the sweep ends it */
+			c->linger_until = now_ms() + LINGER_MS;
+			atomic_store(&c->lingering, true);
+			return;
+		}
+	}
+	conn_release(c);
 }
 
 /* The last words for this reason, once: the codec's, or an ERR line. */
@@ -551,6 +603,11 @@ conn_work(struct session *c)
 	char buf[READ_CHUNK];
 	int why;
 
+	if (atomic_load(&c->lingering)) {
+		if (linger_drain(c) != 0 || now_ms() >= c->linger_until)
+			conn_release(c);
+		return;
+	}
 	if (!atomic_load(&c->open))
 		return;
 	if (atomic_load(&c->held)) {
@@ -839,6 +896,10 @@ conn_sweep(struct worker *w, uint64_t now)
 		struct session *c = __atomic_load_n(&w->conns[fd], __ATOMIC_ACQUIRE);
 		uint64_t stalled, last, tick;
 
+		if (c != NULL && atomic_load(&c->lingering)) {
+			conn_kick(c);	/* its owner ends it once the bound passes */
+			continue;
+		}
 		if (c == NULL || !atomic_load_explicit(&c->open, memory_order_relaxed))
 			continue;
 		stalled = atomic_load_explicit(&c->stalled_ms, memory_order_relaxed);

@@ -54,6 +54,11 @@ struct session {
 	char			*heldbuf;
 	size_t			 heldlen;
 	size_t			 in_used;	/* codec: bytes taken when it stopped */
+	/* closed by the server, its write side shut: what the client still
+	 * sends is read and dropped until it closes too, or a bound passes */
+	_Atomic bool		 lingering;
+	uint64_t		 linger_until;
+	size_t			 lingered;
 	int			 svc_idx;
 	const void		*svc_conf;
 	void			*data;

@@ -2313,5 +2313,6 @@ int main(int argc, char **argv)
 		    rate, p50, p90, p99, pmax, mean);
 		rc = (nerr > 0 || requests == 0) ? 1 : 0;
 	}
+	free(h);
 	return rc;
 }

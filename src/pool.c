@@ -123,6 +123,7 @@ pool_start(struct pool *p, int epfd, int nthreads, int pollers, size_t stack,
 {
 	struct epoll_event ev;
 	pthread_attr_t attr;
+	void *mem;
 	int k, err;
 
 	memset(p, 0, sizeof(*p));
@@ -137,8 +138,12 @@ pool_start(struct pool *p, int epfd, int nthreads, int pollers, size_t stack,
 	ev.data.ptr = p;
 	if (epoll_ctl(epfd, EPOLL_CTL_ADD, p->stopfd, &ev) != 0)
 		goto fail;
-	if ((p->t = calloc((size_t)nthreads, sizeof(*p->t))) == NULL)
+	/* each thread's counters on a cache line of their own: calloc does
+	 * not promise the 64-byte alignment struct pool_thread asks for */
+	if (posix_memalign(&mem, 64, (size_t)nthreads * sizeof(*p->t)) != 0)
 		goto fail;
+	memset(mem, 0, (size_t)nthreads * sizeof(*p->t));
+	p->t = mem;
 	pthread_attr_init(&attr);
 	pthread_attr_setstacksize(&attr, stack);
 	for (k = 0; k < nthreads; k++) {

@@ -321,6 +321,28 @@ def test_request_head_over_max_header_is_431(forkd_factory):
     assert status == 101
 
 
+def test_a_refusal_is_read_even_when_the_client_sends_much_more(forkd_factory):
+    """A client that goes on sending a huge head after the server refused it
+    still reads the 431: the server reads and drops the rest before its
+    close, so the close is not a reset that would destroy the answer."""
+    d = forkd_factory([{"service": "echo", "protocol": "websocket", "max_header": 1024}],
+                      workers=1, threads=2)
+    s = socket.socket()
+    # small buffers, so the client is still sending when the server answers
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", d.port))
+    s.sendall(upgrade_request(d.port, extra="X-Pad: " + "a" * 600000 + "\r\n").encode())
+    got = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    s.close()
+    assert got.startswith(b"HTTP/1.1 431 "), got[:100]
+
+
 def test_unfinished_request_head_is_cut(forkd_factory):
     d = forkd_factory([{"service": "echo", "protocol": "websocket", "header_timeout": 1}],
                       workers=1, threads=2, idle_timeout=60)
