@@ -1075,6 +1075,8 @@ conn_handed(struct session *c, bool moved, uint64_t mark, char **tail, size_t *t
 	framer_reset(&c->in);
 	free(c->data);
 	c->data = NULL;
+	free(c->resource);
+	c->resource = NULL;
 	log_debug("%s: handed over", c->peer);
 	close(c->fd);
 	c->fd = -1;
@@ -1083,6 +1085,7 @@ conn_handed(struct session *c, bool moved, uint64_t mark, char **tail, size_t *t
 	c->ip_counted = false;
 	atomic_fetch_sub(&sb->conns, 1);
 	atomic_fetch_sub_explicit(&sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
+	atomic_fetch_sub_explicit(&SESSION_LC(c)->conns, 1, memory_order_relaxed); /* metrics */
 	atomic_fetch_sub_explicit(&sb->proto_conns[c->l->protocol], 1, memory_order_relaxed);
 	atomic_fetch_sub(&w->nconns, 1);
 	conn_run(c);		/* lets go; whatever was pending finds it closed */
@@ -1176,6 +1179,7 @@ conn_adopt(struct worker *w, int fd, const char *state, size_t len, uint64_t *ma
 	sockaddr_text((struct sockaddr *)&c->peer_addr, c->peer, sizeof(c->peer));
 	c->ip_counted = false;
 	c->data = NULL;
+	c->resource = NULL;
 	c->heldbuf = NULL;
 	c->heldlen = 0;
 	framer_init(&c->in, (size_t)w->cfg->max_line);
@@ -1220,6 +1224,7 @@ conn_adopt(struct worker *w, int fd, const char *state, size_t len, uint64_t *ma
 	atomic_fetch_add(&w->sb->conns, 1);
 	atomic_fetch_add(&w->nconns, 1);
 	atomic_fetch_add_explicit(&w->sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&SESSION_LC(c)->conns, 1, memory_order_relaxed); /* metrics */
 	atomic_fetch_add_explicit(&w->sb->proto_conns[c->l->protocol], 1, memory_order_relaxed);
 	log_debug("%s: adopted (%s, %s)", c->peer, c->svc->name, c->codec->name);
 	return c;
