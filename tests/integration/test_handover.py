@@ -34,12 +34,20 @@ def handover_daemon(forkd_factory, tmp_path, **settings):
     settings.setdefault("threads", 4)
     settings.setdefault("shutdown_timeout", 20)
     settings.setdefault("send_timeout", 120)
-    return forkd_factory(
-        [{"service": "echo"}, {"service": "echo", "protocol": "chunk"},
-         {"service": "chat"}, {"service": "chat", "protocol": "chunk"},
-         {"service": "stats"}, {"service": "echo", "protocol": "websocket"},
-         {"service": "chat", "protocol": "websocket"}],
-        control_socket=str(tmp_path / "ctl.sock"), **settings)
+    listeners = [{"service": "echo"}, {"service": "echo", "protocol": "chunk"},
+                 {"service": "chat"}, {"service": "chat", "protocol": "chunk"},
+                 {"service": "stats"}, {"service": "echo", "protocol": "websocket"},
+                 {"service": "chat", "protocol": "websocket"}]
+    # seven different free ports: held open together while they are picked
+    held = []
+    for l in listeners:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        held.append(s)
+        l["port"] = s.getsockname()[1]
+    for s in held:
+        s.close()
+    return forkd_factory(listeners, control_socket=str(tmp_path / "ctl.sock"), **settings)
 
 
 def port(d, i):
