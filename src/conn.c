@@ -276,10 +276,14 @@ offloader(void *arg)
 		pthread_mutex_unlock(&off_lock);
 
 		o->fn(o->s, o->arg);
+		/*
+		 * Once the hold is gone the session may close at any time, so
+		 * its descriptor is not touched here: the owner, if there is
+		 * one, sees PEND and goes on; otherwise this thread takes the
+		 * session up like any owner (the struct itself is never freed).
+		 */
 		atomic_store(&o->s->held, false);
-		/* the owner (or the next pool thread) takes up what waited */
-		atomic_fetch_or(&o->s->state, ST_PEND);
-		session_wake(o->s);
+		conn_kick(o->s);
 		free(o);
 	}
 	return NULL;

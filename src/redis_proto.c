@@ -372,7 +372,7 @@ rp_read_secret(const char *path, char *buf, size_t len, char *err, size_t errlen
 static redisReplyObjectFunctions limited_fn;
 static void	*(*plain_array)(const redisReadTask *, int);
 static pthread_once_t limited_once = PTHREAD_ONCE_INIT;
-static const redisReplyObjectFunctions *plain_fn;
+static bool	 limited_ok;
 
 static void *
 limited_array(const redisReadTask *task, int elements)
@@ -382,22 +382,28 @@ limited_array(const redisReadTask *task, int elements)
 	return plain_array(task, elements);
 }
 
+/* Once per process: the table every new reader starts with, copied. */
 static void
 limited_init(void)
 {
-	limited_fn = *plain_fn;
-	plain_array = plain_fn->createArray;
+	redisReader *r = redisReaderCreate();
+
+	if (r == NULL || r->fn == NULL || r->fn->createArray == NULL) {
+		if (r != NULL)
+			redisReaderFree(r);
+		return;
+	}
+	limited_fn = *r->fn;
+	plain_array = r->fn->createArray;
 	limited_fn.createArray = limited_array;
+	limited_ok = true;
+	redisReaderFree(r);
 }
 
 void
 rp_limit_reader(redisReader *r)
 {
-	if (r == NULL || r->fn == NULL || r->fn == &limited_fn)
-		return;
-	if (plain_fn == NULL)
-		plain_fn = r->fn;	/* every reader starts with the same table */
 	pthread_once(&limited_once, limited_init);
-	if (limited_fn.createArray == limited_array)
+	if (r != NULL && limited_ok)
 		r->fn = &limited_fn;
 }
