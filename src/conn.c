@@ -400,6 +400,41 @@ linger_drain(struct session *c)
 	return 1;
 }
 
+/* Nothing more is sent: the output queue goes, and senders see it closed. */
+static void
+out_drop(struct session *c)
+{
+	pthread_mutex_lock(&c->out_lock);
+	atomic_store(&c->open, false);
+	free(c->out);
+	c->out = NULL;
+	c->out_len = c->out_off = c->out_cap = 0;
+	c->out_full = false;
+	pthread_mutex_unlock(&c->out_lock);
+}
+
+/* The codec's and the service's state, and the input kept, go. */
+static void
+state_drop(struct session *c)
+{
+	if (c->codec->close != NULL)
+		c->codec->close(c);
+	else
+		free(c->cstate);
+	c->cstate = NULL;
+	c->begun = false;
+	atomic_store(&c->tick_ms, 0);
+	atomic_store(&c->tick_due, false);
+	free(c->heldbuf);
+	c->heldbuf = NULL;
+	c->heldlen = 0;
+	framer_reset(&c->in);
+	free(c->data);
+	c->data = NULL;
+	free(c->resource);
+	c->resource = NULL;
+}
+
 /* The descriptor and the places it held go. */
 static void
 conn_release(struct session *c)
@@ -438,13 +473,7 @@ conn_close(struct session *c, enum conn_kill why)
 	if (c->begun && c->svc->close != NULL)
 		c->svc->close(c);
 	c->begun = false;
-	pthread_mutex_lock(&c->out_lock);
-	atomic_store(&c->open, false);
-	free(c->out);
-	c->out = NULL;
-	c->out_len = c->out_off = c->out_cap = 0;
-	c->out_full = false;
-	pthread_mutex_unlock(&c->out_lock);
+	out_drop(c);
 
 	if (!linger && why != KILL_NONE && why != KILL_SEND_TIMEOUT) {
 		char drop[4096];
@@ -459,21 +488,7 @@ conn_close(struct session *c, enum conn_kill why)
 			dropped += (size_t)n;
 	}
 	log_debug("%s: closed (%s)", c->peer, kill_name[why]);
-	if (c->codec->close != NULL)
-		c->codec->close(c);
-	else
-		free(c->cstate);
-	c->cstate = NULL;
-	atomic_store(&c->tick_ms, 0);
-	atomic_store(&c->tick_due, false);
-	free(c->heldbuf);
-	c->heldbuf = NULL;
-	c->heldlen = 0;
-	framer_reset(&c->in);
-	free(c->data);
-	c->data = NULL;
-	free(c->resource);
-	c->resource = NULL;
+	state_drop(c);
 	atomic_fetch_add_explicit(&sb->closed[why], 1, memory_order_relaxed);
 	if (linger && shutdown(c->fd, SHUT_WR) == 0) {
 		c->lingered = 0;
@@ -1036,7 +1051,6 @@ void
 conn_handed(struct session *c, bool moved, uint64_t mark, char **tail, size_t *tlen)
 {
 	struct worker *w = c->w;
-	struct sb_slot *sb = w->sb;
 	struct epoll_event ev;
 
 	*tail = NULL;
@@ -1058,40 +1072,10 @@ conn_handed(struct session *c, bool moved, uint64_t mark, char **tail, size_t *t
 	 * never shutdown(), which would end it there too */
 	if (c->svc->handed != NULL)
 		c->svc->handed(c, true, mark, tail, tlen);
-	pthread_mutex_lock(&c->out_lock);
-	atomic_store(&c->open, false);
-	free(c->out);
-	c->out = NULL;
-	c->out_len = c->out_off = c->out_cap = 0;
-	c->out_full = false;
-	pthread_mutex_unlock(&c->out_lock);
-	if (c->codec->close != NULL)
-		c->codec->close(c);
-	else
-		free(c->cstate);
-	c->cstate = NULL;
-	c->begun = false;
-	atomic_store(&c->tick_ms, 0);
-	atomic_store(&c->tick_due, false);
-	free(c->heldbuf);
-	c->heldbuf = NULL;
-	c->heldlen = 0;
-	framer_reset(&c->in);
-	free(c->data);
-	c->data = NULL;
-	free(c->resource);
-	c->resource = NULL;
+	out_drop(c);
+	state_drop(c);
 	log_debug("%s: handed over", c->peer);
-	close(c->fd);
-	c->fd = -1;
-	if (c->ip_counted)
-		iplimit_release(w->slot, (struct sockaddr *)&c->peer_addr);
-	c->ip_counted = false;
-	atomic_fetch_sub(&sb->conns, 1);
-	atomic_fetch_sub_explicit(&sb->svc_conns[c->svc_idx], 1, memory_order_relaxed);
-	atomic_fetch_sub_explicit(&SESSION_LC(c)->conns, 1, memory_order_relaxed); /* metrics */
-	atomic_fetch_sub_explicit(&sb->proto_conns[c->l->protocol], 1, memory_order_relaxed);
-	atomic_fetch_sub(&w->nconns, 1);
+	conn_release(c);
 	conn_run(c);		/* lets go; whatever was pending finds it closed */
 }
 
