@@ -179,9 +179,13 @@ on_headers_complete(http_parser *p)
 		st->status = 505;
 		return -1;
 	}
-	if ((p->flags & F_CHUNKED) != 0 ||
-	    (p->content_length > 0 && p->content_length != ULLONG_MAX)) {
+	/* no request forkd serves has a body */
+	if ((p->flags & F_CHUNKED) != 0) {
 		st->status = 501;
+		return -1;
+	}
+	if (p->content_length > 0 && p->content_length != ULLONG_MAX) {
+		st->status = 413;
 		return -1;
 	}
 	/* no body: the message ends with its head */

@@ -50,7 +50,8 @@ size_t		 http_head_pending(const struct http_parser_state *);
  *        rest is the next request (pipelining) or, after an Upgrade, frames
  *   <0   -STATUS: the request is bad; answer with that status and close
  *        (-400 malformed, -431 head larger than max_head, -505 not HTTP/1.x,
- *        -501 a body the server does not take)
+ *        -413 a body (Content-Length), -501 a chunked one: no request
+ *        forkd serves has one)
  */
 int		 http_head_feed(struct http_parser_state *, const char *data,
 		    size_t n, size_t *used, struct http_request **req);

@@ -125,7 +125,7 @@ test_errors(void)
 	CHECK((rc = status_of("GARBAGE\r\n\r\n", 1024)) == -400, "rc %d", rc);
 	CHECK((rc = status_of("GET / HTTP/2.0\r\n\r\n", 1024)) == -505, "rc %d", rc);
 	CHECK((rc = status_of("POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
-	    1024)) == -501, "rc %d", rc);
+	    1024)) == -413, "rc %d", rc);
 	CHECK((rc = status_of("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
 	    1024)) == -501, "rc %d", rc);
 	CHECK((rc = status_of("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
