@@ -109,7 +109,8 @@ run(const uint8_t *s, size_t size, size_t max_head, size_t maxchunk,
 				abort();
 			done += used;
 			if (rc < 0) {
-				if (rc != -400 && rc != -431 && rc != -501 && rc != -505)
+				if (rc != -400 && rc != -413 && rc != -431 && rc != -501 &&
+				    rc != -505)
 					abort();
 				res->last = rc;
 				break;
