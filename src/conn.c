@@ -1040,7 +1040,7 @@ conn_save(struct session *c, struct hobuf *b)
 		pthread_mutex_unlock(&c->out_lock);
 		return -1;
 	}
-	hob_bytes(b, c->out + c->out_off, c->out_len - c->out_off);
+	hob_bytes(b, c->out != NULL ? c->out + c->out_off : NULL, c->out_len - c->out_off);
 	pthread_mutex_unlock(&c->out_lock);
 	hob_bytes(b, part, (size_t)n);
 	hob_bytes(b, spart, (size_t)sn);
