@@ -543,8 +543,10 @@ trk_frame_left(const struct tracker *t, const unsigned char *p, size_t n)
 		left = t->rem;
 	else if (n < 2 || n < (hl = hdr_len(p[1])))
 		left = n;
+	else if ((left = hdr_payload(p)) >= n)
+		left = n;	/* (a length near 2^64 must not wrap around) */
 	else
-		left = hl + hdr_payload(p);
+		left += hl;
 	return left < n ? (size_t)left : n;
 }
 
